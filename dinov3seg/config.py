@@ -1,0 +1,106 @@
+"""Config keys of dinov3seg. Every switch of DESIGN.md is one key here, set to its default."""
+from detectron2.config import CfgNode as CN
+
+
+def add_dinov3seg_config(cfg):
+    """Add the dinov3seg keys to a Detectron2 config (in place)."""
+    cfg.MODEL.META_ARCHITECTURE = "DINOv3Seg"
+    cfg.MODEL.SEM_SEG_HEAD.NAME = "DINOv3SegHead"
+    # One normalisation (ImageNet mean/std, RGB, 0-255) shared by DINOv3, SAM and AnyUp.
+    cfg.MODEL.PIXEL_MEAN = [123.675, 116.28, 103.53]
+    cfg.MODEL.PIXEL_STD = [58.395, 57.12, 57.375]
+    cfg.INPUT.FORMAT = "RGB"
+
+    # --- DINOv3 ViT backbone (frozen) ---
+    cfg.MODEL.DINOV3 = CN()
+    cfg.MODEL.DINOV3.WEIGHTS = ""  # dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth; "" = random init
+    cfg.MODEL.DINOV3.EMBED_DIM = 1024
+    cfg.MODEL.DINOV3.DEPTH = 24
+    cfg.MODEL.DINOV3.NUM_HEADS = 16
+
+    # --- dinov3.txt: vision head + text tower ---
+    cfg.MODEL.DINOTXT = CN()
+    cfg.MODEL.DINOTXT.WEIGHTS = ""  # dinov3_vitl16_dinotxt_vision_head_and_text_encoder-a442d8f5.pth
+    cfg.MODEL.DINOTXT.USE_VISION_HEAD = True  # patch features after the 2 head blocks (False: raw backbone)
+    cfg.MODEL.DINOTXT.TEXT_WIDTH = 1280
+    cfg.MODEL.DINOTXT.TEXT_HEADS = 20
+    cfg.MODEL.DINOTXT.TEXT_LAYERS = 24
+    # Which text-tower parameters are trained: "none", "attention" (qkv + proj) or "full".
+    cfg.MODEL.DINOTXT.TEXT_FINETUNE = "none"
+
+    # --- AnyUp early refinement (frozen) ---
+    cfg.MODEL.ANYUP = CN()
+    cfg.MODEL.ANYUP.ENABLED = True  # False: cost volume on the raw patch features
+    cfg.MODEL.ANYUP.WEIGHTS = ""  # anyup_multi_backbone.pth (or anyup_paper.pth)
+    # 16: refine in place on the patch grid; 8 or 4: upsample, build the cost volume there and
+    # average-pool it back to the patch grid.
+    cfg.MODEL.ANYUP.OUTPUT_STRIDE = 16
+    cfg.MODEL.ANYUP.QUERY_CHUNK_SIZE = 4096  # query pixels per attention chunk (bounds memory)
+
+    # --- SAM semantic prior encoder (frozen) ---
+    cfg.MODEL.SAM = CN()
+    cfg.MODEL.SAM.ENABLED = True  # False: no guidance in spatial refinement and decoder
+    cfg.MODEL.SAM.WEIGHTS = ""  # sam_vit_l_0b3195.pth or sam_vit_b_01ec64.pth
+    cfg.MODEL.SAM.VARIANT = "vit_l"  # "vit_l", "vit_b" or "custom" (the three keys below)
+    cfg.MODEL.SAM.EMBED_DIM = 1024  # used by "custom" only
+    cfg.MODEL.SAM.DEPTH = 24  # used by "custom" only
+    cfg.MODEL.SAM.NUM_HEADS = 16  # used by "custom" only
+    cfg.MODEL.SAM.GLOBAL_ATTN_INDEXES = [5, 11, 17, 23]  # used by "custom" only
+    # SAM input side: 0 = the view itself (384 -> 24x24, pos_embed resampled); 1024 = SAM's own size.
+    cfg.MODEL.SAM.INPUT_SIZE = 0
+    # Which hooked global-attention blocks (indexes into the global block list) guide the decoder
+    # stages at 1/8 and 1/4 of the view, in that order.
+    cfg.MODEL.SAM.DECODER_GUIDANCE = [1, 2]
+
+    # --- dinov3.seg head ---
+    cfg.MODEL.DINOV3SEG = CN()
+    cfg.MODEL.DINOV3SEG.VIEW_SIZE = 384  # side of one view; a multiple of 16 (384 -> 24x24 patches)
+    # Class names: "" = the dataset's MetadataCatalog stuff_classes; else a JSON list of names
+    # (synonyms comma-separated inside one entry).
+    cfg.MODEL.DINOV3SEG.TRAIN_CLASS_JSON = ""
+    cfg.MODEL.DINOV3SEG.TEST_CLASS_JSON = ""
+    # Prompt templates: "single", "imagenet" (the 80 ImageNet templates) or a path to a text file
+    # with one template per line containing "{}".
+    cfg.MODEL.DINOV3SEG.PROMPT_TEMPLATES = "single"
+    # Text halves that feed the cost volume: "local" (patch-aligned), "global" (CLS-aligned).
+    cfg.MODEL.DINOV3SEG.TEXT_CHANNELS = ["local", "global"]
+    cfg.MODEL.DINOV3SEG.TEXT_CACHE_DIR = ""  # "" = in-memory text cache only
+    cfg.MODEL.DINOV3SEG.COST_EMBED_DIM = 128  # channels after the per-class 7x7 cost embedding
+    cfg.MODEL.DINOV3SEG.GUIDANCE_DIM = 128  # projected SAM / text guidance width
+    cfg.MODEL.DINOV3SEG.NUM_REFINEMENT_ROUNDS = 2  # rounds of (spatial + class) refinement
+    cfg.MODEL.DINOV3SEG.WINDOW_SIZE = 12  # Swin window on the patch grid (shift = half of it)
+    cfg.MODEL.DINOV3SEG.NUM_HEADS = 4  # heads of spatial and class attention
+    cfg.MODEL.DINOV3SEG.CLASS_ATTENTION = "linear"  # "linear" or "full" (softmax) across classes
+    cfg.MODEL.DINOV3SEG.DECODER_DIMS = [64, 32]  # channels of the 1/8 and 1/4 decoder stages
+    cfg.MODEL.DINOV3SEG.DECODER_GUIDANCE_DIMS = [32, 16]  # SAM guidance channels at 1/8 and 1/4
+    # Classes per chunk through the per-class parts of the head (0 = all at once). Bounds memory.
+    cfg.MODEL.DINOV3SEG.CLASS_CHUNK_SIZE = 0
+    # Loss: per-pixel BCE over one-hot classes. False: ignore pixels are excluded;
+    # True: CAT-Seg's behaviour (ignore pixels are negatives for every class).
+    cfg.MODEL.DINOV3SEG.IGNORE_AS_NEGATIVE = False
+    # Autocast dtype on GPU: "bf16" or "fp32" (the CPU always runs fp32).
+    cfg.MODEL.DINOV3SEG.PRECISION = "bf16"
+
+    # --- Local-Global Aggregation (test time) ---
+    cfg.TEST.LGA = CN()
+    cfg.TEST.LGA.ENABLED = True  # False: one view, the whole image resized to VIEW_SIZE
+    cfg.TEST.LGA.CANVAS = 640  # the image is resized to CANVAS x CANVAS ...
+    cfg.TEST.LGA.KEEP_ASPECT = False  # ... or, if True, its short side to CANVAS
+    cfg.TEST.LGA.STRIDE = 256  # window stride on the canvas (256 -> 2x2 grid, 128 -> 3x3)
+    cfg.TEST.LGA.GLOBAL_VIEW = True  # add the whole image resized to one view
+    cfg.TEST.LGA.GLOBAL_WEIGHT = 0.5  # weight of the global view in the final average
+    cfg.TEST.LGA.AVERAGE = "probabilities"  # average "probabilities" (sigmoid) or "logits"
+    cfg.TEST.LGA.TOPK_CLASSES = 0  # keep the top-k classes per view (0 = all); an approximation
+
+    # --- Evaluation ---
+    # Also report mIoU on classes seen / unseen in training (DATASETS.TRAIN[0]'s vocabulary,
+    # matched by name and synonyms) and their harmonic mean.
+    cfg.TEST.SEEN_UNSEEN = False
+
+    # --- Optimisation ---
+    cfg.SOLVER.OPTIMIZER = "ADAMW"
+    cfg.SOLVER.ENCODER_LR_MULTIPLIER = 0.01  # LR multiplier of tuned encoder parameters
+    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0  # weight decay of embeddings and tokens
+
+    # --- Synthetic open-vocabulary dataset of the quickstart ---
+    cfg.DATASETS.SYNTHETIC_ROOT = ""  # "" = $DETECTRON2_DATASETS/synthetic_ov

@@ -1,0 +1,1 @@
+from .head import DINOv3SegHead  # noqa: F401

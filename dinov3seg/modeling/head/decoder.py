@@ -1,0 +1,48 @@
+"""Upsampling decoder: 1/16 refined cost -> 1/4 per-class logits, fused with image guidance."""
+from typing import List, Optional, Sequence
+
+import torch
+from torch import nn
+
+
+def double_conv(in_channels: int, out_channels: int) -> nn.Sequential:
+    layers = []
+    for c_in in (in_channels, out_channels):
+        layers += [nn.Conv2d(c_in, out_channels, 3, padding=1, bias=False),
+                   nn.GroupNorm(max(out_channels // 16, 1), out_channels), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+class UpsamplingStage(nn.Module):
+    """x2 transposed conv, concatenation of guidance, double conv."""
+
+    def __init__(self, in_channels: int, out_channels: int, guidance_channels: int):
+        super().__init__()
+        self.up = nn.ConvTranspose2d(in_channels, in_channels - guidance_channels, 2, stride=2)
+        self.conv = double_conv(in_channels, out_channels)
+
+    def forward(self, x: torch.Tensor, guidance: Optional[torch.Tensor]) -> torch.Tensor:
+        x = self.up(x)
+        if guidance is not None:
+            x = torch.cat([x, guidance], dim=1)
+        return self.conv(x)
+
+
+class UpsamplingDecoder(nn.Module):
+    """Per-class decoder. (B, T, C, H, W) + guidance maps at 2H and 4H -> (B, T, 4H, 4W) logits."""
+
+    def __init__(self, in_channels: int, dims: Sequence[int], guidance_dims: Sequence[int]):
+        super().__init__()
+        channels = [in_channels, *dims]
+        self.stages = nn.ModuleList(
+            UpsamplingStage(c_in, c_out, g) for c_in, c_out, g in zip(channels[:-1], dims, guidance_dims)
+        )
+        self.head = nn.Conv2d(dims[-1], 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, guidance: List[Optional[torch.Tensor]]) -> torch.Tensor:
+        """guidance[i]: (B, G_i, H_i, W_i) or None, shared by all classes."""
+        b, t = x.shape[:2]
+        x = x.flatten(0, 1)
+        for stage, g in zip(self.stages, guidance):
+            x = stage(x, None if g is None else g.repeat_interleave(t, dim=0))
+        return self.head(x).view(b, t, *x.shape[-2:])

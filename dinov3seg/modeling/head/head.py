@@ -1,0 +1,117 @@
+"""The dinov3.seg head: cost volume -> cost embedding -> N x (spatial + class refinement) -> decoder."""
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
+from torch import nn
+
+from .class_refinement import ClassRefinement
+from .cost_volume import CostEmbedding, cosine_cost_volume, select_text_halves
+from .decoder import UpsamplingDecoder
+from .spatial_refinement import SpatialRefinement
+
+PRUNED_LOGIT = -100.0  # logit given to classes dropped by top-k pruning
+
+
+@SEM_SEG_HEADS_REGISTRY.register()
+class DINOv3SegHead(nn.Module):
+    """Turns patch features, class text and image guidance into per-class logits.
+
+    Inputs (see ``forward``) come from the frozen encoders; ``input_shape`` names them:
+    ``"patches"`` (dinov3.txt patch features, D channels), ``"text"`` (2D channels per
+    template), ``"guidance"`` (SAM neck, optional) and ``"decoder_guidance"`` (hooked SAM
+    blocks, optional), all at stride 16 of the view unless AnyUp upsampled the patches.
+    """
+
+    @configurable
+    def __init__(self, *, input_shape: Dict[str, ShapeSpec], text_channels: List[str], num_templates: int,
+                 embed_dim: int = 128, guidance_dim: int = 128, num_rounds: int = 2, window_size: int = 12,
+                 num_heads: int = 4, class_attention: str = "linear", decoder_dims=(64, 32),
+                 decoder_guidance_dims=(32, 16), class_chunk_size: int = 0):
+        super().__init__()
+        self.text_channels = list(text_channels)
+        self.class_chunk_size = class_chunk_size
+        self.patch_stride = input_shape["patches"].stride
+        text_dim = input_shape["text"].channels // 2 * len(self.text_channels)
+        self.cost_embedding = CostEmbedding(num_templates * len(self.text_channels), embed_dim)
+        self.text_projection = nn.Sequential(nn.Linear(text_dim, guidance_dim), nn.ReLU())
+        has_guidance = "guidance" in input_shape
+        self.guidance_projection = None
+        if has_guidance:
+            self.guidance_projection = nn.Sequential(
+                nn.Conv2d(input_shape["guidance"].channels, guidance_dim, 3, padding=1), nn.ReLU())
+        self.decoder_guidance_projections = None
+        if "decoder_guidance" in input_shape:
+            c = input_shape["decoder_guidance"].channels
+            self.decoder_guidance_projections = nn.ModuleList(
+                nn.Sequential(nn.ConvTranspose2d(c, g, 2 ** (i + 1), stride=2 ** (i + 1)), nn.ReLU())
+                for i, g in enumerate(decoder_guidance_dims))
+        else:
+            decoder_guidance_dims = [0] * len(decoder_dims)
+        self.spatial = nn.ModuleList(
+            SpatialRefinement(embed_dim, guidance_dim if has_guidance else 0, num_heads, window_size)
+            for _ in range(num_rounds))
+        self.classes = nn.ModuleList(
+            ClassRefinement(embed_dim, guidance_dim, num_heads, class_attention) for _ in range(num_rounds))
+        self.decoder = UpsamplingDecoder(embed_dim, decoder_dims, decoder_guidance_dims)
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec], num_templates: int):
+        head = cfg.MODEL.DINOV3SEG
+        return dict(
+            input_shape=input_shape, text_channels=head.TEXT_CHANNELS, num_templates=num_templates,
+            embed_dim=head.COST_EMBED_DIM, guidance_dim=head.GUIDANCE_DIM, num_rounds=head.NUM_REFINEMENT_ROUNDS,
+            window_size=head.WINDOW_SIZE, num_heads=head.NUM_HEADS, class_attention=head.CLASS_ATTENTION,
+            decoder_dims=head.DECODER_DIMS, decoder_guidance_dims=head.DECODER_GUIDANCE_DIMS,
+            class_chunk_size=head.CLASS_CHUNK_SIZE)
+
+    def _per_class_chunks(self, fn, x: torch.Tensor, *args) -> torch.Tensor:
+        """Apply a per-class function to (B, T, ...) in chunks of classes (bounds peak memory)."""
+        if not self.class_chunk_size or x.shape[1] <= self.class_chunk_size:
+            return fn(x, *args)
+        return torch.cat([fn(c, *args) for c in x.split(self.class_chunk_size, dim=1)], dim=1)
+
+    def forward(self, patches: torch.Tensor, text: torch.Tensor, guidance: Optional[torch.Tensor] = None,
+                decoder_guidance: Optional[List[torch.Tensor]] = None, topk: int = 0) -> torch.Tensor:
+        """
+        Args:
+            patches: (B, D, H', W') patch features; H' = H * 16 / patch stride.
+            text: (T, P, 2D) class embeddings per template (dinov3.txt layout).
+            guidance: (B, Cg, H, W) appearance guidance on the patch grid, or None.
+            decoder_guidance: list of (B, Cd, H, W) maps, one per decoder stage, or None.
+            topk: keep only the k classes with the highest cost per view (0 = all). An approximation.
+        Returns:
+            (B, T, 4H, 4W) logits.
+        """
+        b, t = patches.shape[0], text.shape[0]
+        text = select_text_halves(text, self.text_channels)  # T, P', D
+        cost = cosine_cost_volume(patches, text)  # B, P', T, H', W'
+        pool = 16 // self.patch_stride
+        if pool > 1:
+            cost = F.avg_pool3d(cost, (1, pool, pool))
+        text = text.expand(b, *text.shape)
+        kept = None
+        if 0 < topk < t:
+            kept = cost.flatten(3).amax(dim=(1, 3)).topk(topk, dim=1).indices  # B, k
+            cost = torch.gather(cost, 2, kept[:, None, :, None, None].expand(-1, cost.shape[1], -1, *cost.shape[-2:]))
+            text = torch.gather(text, 1, kept[:, :, None, None].expand(-1, -1, *text.shape[-2:]))
+        x = self.cost_embedding(cost)  # B, T, C, H, W
+        halves = text.unflatten(2, (-1, len(self.text_channels))).mean(dim=2)  # B, T, halves, D (templates averaged)
+        text_guidance = self.text_projection(halves.flatten(2))  # B, T, G
+        if self.guidance_projection is not None:
+            guidance = self.guidance_projection(guidance)
+        if self.decoder_guidance_projections is not None:
+            decoder_guidance = [p(g) for p, g in zip(self.decoder_guidance_projections, decoder_guidance)]
+        else:
+            decoder_guidance = [None] * len(self.decoder.stages)
+        for spatial, classes in zip(self.spatial, self.classes):
+            x = self._per_class_chunks(spatial, x, guidance)
+            x = classes(x, text_guidance, self.class_chunk_size)
+        logits = self._per_class_chunks(self.decoder, x, decoder_guidance)
+        if kept is None:
+            return logits
+        full = logits.new_full((b, t, *logits.shape[-2:]), PRUNED_LOGIT)
+        return full.scatter(1, kept[:, :, None, None].expand_as(logits), logits)

@@ -1,0 +1,97 @@
+"""Spatial refinement: Swin blocks over each class's cost map, guided by image features."""
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+def mlp(dim: int, ratio: float = 4.0) -> nn.Sequential:
+    hidden = int(dim * ratio)
+    return nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+
+def shifted_window_mask(height: int, width: int, window: int, shift: int, device) -> torch.Tensor:
+    """Boolean (num_windows, window**2, window**2) mask, True where a query may attend a key.
+
+    Tokens that a cyclic shift brings next to each other from opposite borders do not attend.
+    """
+    region = torch.zeros(height, width, dtype=torch.long, device=device)
+    cuts = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
+    for i, rows in enumerate(cuts):
+        for j, cols in enumerate(cuts):
+            region[rows, cols] = 3 * i + j
+    region = rearrange(region, "(nh wh) (nw ww) -> (nh nw) (wh ww)", wh=window, ww=window)
+    return region[:, :, None] == region[:, None, :]
+
+
+class GuidedSwinBlock(nn.Module):
+    """One (shifted-)window attention block whose queries and keys also see guidance features.
+
+    Values come from the cost tokens only, so guidance steers where information flows
+    without being mixed into the cost embedding.
+    """
+
+    def __init__(self, dim: int, guidance_dim: int, num_heads: int, window: int, shift: int):
+        super().__init__()
+        self.num_heads, self.window, self.shift = num_heads, window, shift
+        self.norm1 = nn.LayerNorm(dim)
+        self.guidance_norm = nn.LayerNorm(guidance_dim) if guidance_dim > 0 else None
+        self.q = nn.Linear(dim + guidance_dim, dim)
+        self.k = nn.Linear(dim + guidance_dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = mlp(dim)
+
+    def forward(self, x: torch.Tensor, guidance: Optional[torch.Tensor]) -> torch.Tensor:
+        """x: (N, H, W, C) cost tokens; guidance: (N, H, W, G) or None. Returns (N, H, W, C)."""
+        n, h, w, _ = x.shape
+        tokens = self.norm1(x)
+        qk_in = tokens if guidance is None else torch.cat([tokens, self.guidance_norm(guidance)], -1)
+        # Pad to whole windows, then shift cyclically.
+        pad_h, pad_w = (-h) % self.window, (-w) % self.window
+        tokens = F.pad(tokens, (0, 0, 0, pad_w, 0, pad_h))
+        qk_in = F.pad(qk_in, (0, 0, 0, pad_w, 0, pad_h))
+        hp, wp = h + pad_h, w + pad_w
+        shift = self.shift if min(hp, wp) > self.window else 0
+        if shift:
+            tokens = tokens.roll((-shift, -shift), dims=(1, 2))
+            qk_in = qk_in.roll((-shift, -shift), dims=(1, 2))
+        to_windows = "n (nh wh) (nw ww) (heads d) -> (n nh nw) heads (wh ww) d"
+        sizes = dict(wh=self.window, ww=self.window, heads=self.num_heads)
+        q = rearrange(self.q(qk_in), to_windows, **sizes)
+        k = rearrange(self.k(qk_in), to_windows, **sizes)
+        v = rearrange(self.v(tokens), to_windows, **sizes)
+        mask = None
+        if shift:
+            mask = shifted_window_mask(hp, wp, self.window, shift, x.device)
+            mask = mask.repeat(n, 1, 1)[:, None]  # (n * windows, 1, L, L)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = rearrange(out, "(n nh nw) heads (wh ww) d -> n (nh wh) (nw ww) (heads d)",
+                        n=n, nh=hp // self.window, wh=self.window, ww=self.window)
+        if shift:
+            out = out.roll((shift, shift), dims=(1, 2))
+        x = x + self.proj(out[:, :h, :w])
+        return x + self.mlp(self.norm2(x))
+
+
+class SpatialRefinement(nn.Module):
+    """Two Swin blocks (plain windows, then windows shifted by half) over each class's cost map."""
+
+    def __init__(self, dim: int, guidance_dim: int, num_heads: int, window: int):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            GuidedSwinBlock(dim, guidance_dim, num_heads, window, shift) for shift in (0, window // 2)
+        )
+
+    def forward(self, x: torch.Tensor, guidance: Optional[torch.Tensor]) -> torch.Tensor:
+        """x: (B, T, C, H, W); guidance: (B, G, H, W) or None, shared by all classes."""
+        b, t = x.shape[:2]
+        x = rearrange(x, "b t c h w -> (b t) h w c")
+        if guidance is not None:
+            guidance = guidance.permute(0, 2, 3, 1).repeat_interleave(t, dim=0)
+        for block in self.blocks:
+            x = block(x, guidance)
+        return rearrange(x, "(b t) h w c -> b t c h w", b=b)
