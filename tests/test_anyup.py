@@ -1,0 +1,90 @@
+"""AnyUp: parity with the official model (anyup_full.pt), chunking, output strides and feature widths."""
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dinov3seg.modeling.encoders.anyup import AnyUp
+
+TOL = dict(atol=1e-4, rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def parity_dir():
+    path = Path(os.environ.get("DINOV3SEG_PARITY_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "parity"))
+    if not path.is_dir():
+        pytest.skip(f"parity fixtures not found at {path} (set DINOV3SEG_PARITY_DIR)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def fixture(parity_dir):
+    path = parity_dir / "anyup_full.pt"
+    if not path.is_file():
+        pytest.skip(f"AnyUp parity fixture {path} not found")
+    return torch.load(path, weights_only=True, map_location="cpu")
+
+
+@pytest.fixture(scope="module")
+def official(fixture):
+    model = AnyUp().eval()
+    model.load_state_dict(fixture["state_dict"], strict=True)
+    return model
+
+
+def test_keys_match_manifest(parity_dir):
+    path = parity_dir / "manifests" / "anyup.json"
+    if not path.is_file():
+        pytest.skip(f"AnyUp manifest {path} not found")
+    manifest = json.loads(path.read_text())["keys"]
+    own = {k: list(v.shape) for k, v in AnyUp().state_dict().items()}
+    assert own == {k: v["shape"] for k, v in manifest.items()}
+    assert sum(p.numel() for p in AnyUp().parameters()) == 878080
+
+
+@pytest.mark.parametrize("case", ["sq96", "rect128x192"])
+def test_parity(official, fixture, case):
+    image, features = fixture["inputs"][case]["image"], fixture["inputs"][case]["features"]
+    expected = fixture["outputs"][case]
+    with torch.no_grad():
+        encoded = official.encode_image(image)
+        torch.testing.assert_close(official.key_features_encoder(F.normalize(features, dim=1)),
+                                   expected["key_features_encoder"], **TOL)
+        torch.testing.assert_close(official.encode_keys(encoded, features), expected["k_aggregated"], **TOL)
+        torch.testing.assert_close(official(image, features), expected["out_default"], **TOL)
+        torch.testing.assert_close(official(image, features, output_size=features.shape[-2:]),
+                                   expected["out_feature_grid"], **TOL)
+
+
+@pytest.mark.parametrize("case", ["sq96", "rect128x192"])
+def test_chunked_equals_unchunked(official, fixture, case):
+    image, features = fixture["inputs"][case]["image"], fixture["inputs"][case]["features"]
+    with torch.no_grad():
+        full = official(image, features)
+        chunked = official(image, features, q_chunk_size=997)  # uneven last chunk
+    torch.testing.assert_close(chunked, full, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("scale", [1, 2, 4])  # output stride 16, 8, 4 for ViT/16 features
+@pytest.mark.parametrize("channels", [1, 7, 129])
+def test_output_strides_and_widths(scale, channels):
+    torch.manual_seed(0)
+    model = AnyUp().eval()
+    image, features = torch.randn(2, 3, 80, 112), torch.randn(2, channels, 5, 7)
+    with torch.no_grad():
+        out = model(image, features, output_size=(5 * scale, 7 * scale), q_chunk_size=64)
+    assert out.shape == (2, channels, 5 * scale, 7 * scale)
+    # every output vector is a convex combination of input vectors: within the per-channel input range
+    lo, hi = features.amin(dim=(2, 3)), features.amax(dim=(2, 3))
+    assert (out >= lo[..., None, None] - 1e-5).all() and (out <= hi[..., None, None] + 1e-5).all()
+
+
+def test_constant_features_are_preserved():
+    model = AnyUp().eval()
+    features = torch.randn(1, 16, 1, 1).expand(1, 16, 6, 6)
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 96, 96), features, output_size=(24, 24))
+    torch.testing.assert_close(out, features[..., :1, :1].expand_as(out))
