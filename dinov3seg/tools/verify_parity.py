@@ -1,0 +1,251 @@
+"""Check our encoders against the parity fixtures produced by the official code (see shared/parity/README.md).
+
+    python -m dinov3seg.tools.verify_parity FIXTURE.pt [FIXTURE.pt ...]
+
+Each fixture names its model in ``blob["kind"]``; ``PARITY_CHECKS[kind](blob, path)`` builds our module from
+``blob["config"]``, loads the fixture weights strictly and yields ``(name, ours, expected)`` for every stored
+output. Float outputs must satisfy |ours - expected| <= ATOL + RTOL * |expected|; integer outputs (token ids)
+must be equal. Exit status 1 if any comparison fails or a fixture cannot be checked.
+"""
+import argparse
+import hashlib
+import sys
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Tuple
+
+import torch
+from torch import Tensor
+
+from dinov3seg.modeling.encoders.dinotxt import DINOTxt, DINOTxtTextTower, DINOTxtVisionHead
+from dinov3seg.modeling.encoders.dinov3 import DINOv3ViT
+
+ATOL = RTOL = 1e-4
+Comparison = Tuple[str, Tensor, Tensor]
+
+
+class ParityError(RuntimeError):
+    """A fixture that cannot be checked (unknown kind, unsupported config, corrupted or mismatched data)."""
+
+
+def state_dict_sha256(state_dict: Dict[str, Tensor]) -> str:
+    """The fixtures' digest: over sorted keys, the key, str(dtype), str(tuple(shape)) and the raw bytes."""
+    h = hashlib.sha256()
+    for key in sorted(state_dict):
+        t = state_dict[key]
+        for part in (key, str(t.dtype), str(tuple(t.shape))):
+            h.update(part.encode())
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def load_fixture(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ParityError(message)
+
+
+def build_dinov3_vit(config: dict) -> DINOv3ViT:
+    """Our backbone from a fixture config (the official ``DinoVisionTransformer`` arguments)."""
+    require(
+        config["ffn_layer"] == "mlp" and config["qkv_bias"] and config["mask_k_bias"]
+        and config["pos_embed_rope_normalize_coords"] == "separate"
+        and not config.get("untie_cls_and_patch_norms", False),
+        f"unsupported DINOv3 config: {config}",
+    )
+    return DINOv3ViT(
+        embed_dim=config["embed_dim"],
+        depth=config["depth"],
+        num_heads=config["num_heads"],
+        patch_size=config["patch_size"],
+        n_storage_tokens=config["n_storage_tokens"],
+        ffn_ratio=config["ffn_ratio"],
+        rope_base=config["pos_embed_rope_base"],
+        norm_eps=config["layernorm_eps"],
+        in_chans=config["in_chans"],
+    ).eval()
+
+
+def load_dinov3_vit(blob: dict) -> DINOv3ViT:
+    require(state_dict_sha256(blob["state_dict"]) == blob["state_dict_sha256"], "state_dict sha256 mismatch")
+    model = build_dinov3_vit(blob["config"])
+    model.load_state_dict(blob["state_dict"], strict=True)
+    return model
+
+
+def vit_outputs(model: DINOv3ViT, x: Tensor, expected: dict) -> Dict[str, object]:
+    """Our values for the output names a DINOv3 fixture may hold."""
+    ours: Dict[str, object] = dict(model.forward_features(x))
+    if "gil_n" in expected:
+        layers = model.get_intermediate_layers(x, n=expected["gil_n"], reshape=True, return_class_token=True)
+        ours["gil_patch"] = [patches for patches, _ in layers]
+        ours["gil_cls"] = [cls for _, cls in layers]
+    h, w = x.shape[-2] // model.patch_size, x.shape[-1] // model.patch_size
+    ours["rope_sin"], ours["rope_cos"] = model.rope_embed(H=h, W=w)
+    if "blocks_out_unnormed" in expected:
+        ours["blocks_out_unnormed"] = list(model.get_intermediate_layers(x, n=len(model.blocks), norm=False))
+    ours["patch_embed"] = model.patch_embed(x)
+    return ours
+
+
+def paired(prefix: str, ours: Dict[str, object], expected: dict, skip=("gil_n",)) -> Iterator[Comparison]:
+    """(name, ours, expected) for every expected output; list outputs are compared item by item."""
+    for key, exp in expected.items():
+        if key in skip or not isinstance(exp, (Tensor, list)):
+            continue
+        require(key in ours, f"no check implemented for output '{key}'")
+        if isinstance(exp, list):
+            require(len(ours[key]) == len(exp), f"{prefix}{key}: {len(ours[key])} items, expected {len(exp)}")
+            for i, (a, e) in enumerate(zip(ours[key], exp)):
+                yield f"{prefix}{key}[{i}]", a, e
+        else:
+            yield f"{prefix}{key}", ours[key], exp
+
+
+def check_dinov3_vit(blob: dict, path: Path) -> Iterator[Comparison]:
+    model = load_dinov3_vit(blob)
+    for name, x in blob["inputs"].items():
+        yield from paired(f"{name}/", vit_outputs(model, x, blob["outputs"][name]), blob["outputs"][name])
+    extra = blob.get("extra_random_qkv_bias")
+    if extra is not None:
+        model.load_state_dict({**blob["state_dict"], **extra["state_dict_overrides"]}, strict=True)
+        ours = model.forward_features(blob["inputs"][extra["input"]])
+        yield from paired("extra_random_qkv_bias/", ours, extra)
+
+
+def build_dinotxt(config: dict, backbone: DINOv3ViT) -> DINOTxt:
+    """Our dinov3.txt from a fixture config (the official ``DINOTxtConfig`` + text transformer arguments)."""
+    dc, tc, vc = config["dinotxt_config"], config["text_transformer"], config["vision_head"]
+    require(
+        dc["vision_model_use_class_token"] and dc["vision_model_use_patch_tokens"]
+        and dc["vision_model_patch_tokens_pooler_type"] == "mean" and dc["vision_model_patch_token_layer"] == 1
+        and not dc["vision_model_use_linear_projection"] and dc["text_model_tokens_pooler_type"] == "argmax"
+        and dc["text_model_num_head_blocks"] == 0 and dc["text_model_use_linear_projection"]
+        and tc["is_causal"] and tc["ls_init_value"] is None and vc["input_dim"] == backbone.embed_dim,
+        f"unsupported dinov3.txt config: {config}",
+    )
+    head = DINOTxtVisionHead(vc["input_dim"], vc["num_heads"], vc["num_blocks"], embed_dim=dc["embed_dim"])
+    text = DINOTxtTextTower(
+        context_length=tc["context_length"],
+        vocab_size=tc["vocab_size"],
+        width=tc["dim"],
+        heads=tc["num_heads"],
+        layers=tc["num_layers"],
+        output_dim=dc["embed_dim"],
+        ffn_ratio=tc["ffn_ratio"],
+    )
+    return DINOTxt(backbone, head, text).eval()
+
+
+def check_dinotxt(blob: dict, path: Path) -> Iterator[Comparison]:
+    from dinov3seg.modeling.encoders.tokenizer import BPE_SHA256, build_tokenizer
+
+    config = blob["config"]
+    backbone_path = path.parent / config["backbone_fixture"]
+    require(backbone_path.is_file(), f"backbone fixture {backbone_path} not found")
+    backbone_blob = load_fixture(backbone_path)
+    require(
+        backbone_blob["state_dict_sha256"] == config["backbone_state_dict_sha256"],
+        f"{backbone_path.name} is not the backbone this fixture was made with (state_dict sha256)",
+    )
+    model = build_dinotxt(config, load_dinov3_vit(backbone_blob))
+    result = model.load_dinotxt_state_dict(blob["state_dict"])
+    require(not result.missing_keys, f"missing keys {result.missing_keys}")
+
+    require(blob["bpe_sha256"] == BPE_SHA256, "fixture made with a different BPE vocabulary")
+    tokenizer = build_tokenizer()
+    prompts = blob["inputs"]["prompts"]
+    ids = tokenizer(prompts, context_length=blob["token_ids"].shape[1])
+    yield "token_ids", ids, blob["token_ids"]
+    for i, (text, unpadded) in enumerate(zip(prompts, blob["tokens_unpadded"])):
+        ours = [tokenizer.sot_id] + tokenizer.encode(text) + [tokenizer.eot_id]
+        yield f"tokens_unpadded[{i}]", torch.tensor(ours), torch.tensor(unpadded)
+
+    expected = blob["outputs"]
+    text_features = model.encode_text(ids)
+    ours = {
+        "text_backbone_tokens": model.text.backbone(ids),
+        "text_eot_index": ids.argmax(dim=-1),
+        "text_features": text_features,
+        "text_features_normalized": torch.nn.functional.normalize(text_features, dim=-1),
+        "logit_scale_exp": model.logit_scale.exp(),
+    }
+    yield from paired("", ours, {k: v for k, v in expected.items() if not isinstance(v, dict)})
+
+    for name, ref in blob["inputs"]["images"].items():
+        file_name, _, key = ref.partition(":")
+        require(file_name == backbone_path.name and key.startswith("inputs/"), f"unsupported image reference {ref}")
+        images = backbone_blob["inputs"][key[len("inputs/") :]]
+        digest = hashlib.sha256(images.contiguous().numpy().tobytes()).hexdigest()
+        require(digest == blob["inputs"]["images_sha256"][name], f"image {ref}: sha256 mismatch")
+        cls, storage, patches = model.backbone_tokens(images)
+        head_cls, head_patches = model.head_tokens(images)
+        image_features = model.image_features(images)
+        ours = {
+            "backbone_class_token": cls,
+            "backbone_register_tokens": storage,
+            "backbone_patch_tokens": patches,
+            "head_class_token": head_cls,
+            "head_patch_tokens": head_patches,
+            "image_features": image_features,
+            "image_features_normalized": torch.nn.functional.normalize(image_features, dim=-1),
+            "image_logits": model.get_logits(images, ids),
+        }
+        yield from paired(f"{name}/", ours, expected[name])
+
+
+PARITY_CHECKS: Dict[str, Callable[[dict, Path], Iterator[Comparison]]] = {
+    "dinov3_vit": check_dinov3_vit,
+    "dinotxt": check_dinotxt,
+}
+
+
+def compare(ours: Tensor, expected: Tensor) -> Tuple[bool, float, float]:
+    """(pass, max abs error, max relative error) of ours against expected."""
+    if ours.shape != expected.shape:
+        return False, float("inf"), float("inf")
+    if not expected.is_floating_point():
+        diff = (ours.long() - expected.long()).abs()
+        return bool((diff == 0).all()), float(diff.max()) if diff.numel() else 0.0, 0.0
+    diff = (ours.double() - expected.double()).abs()
+    rel = diff / expected.double().abs().clamp_min(torch.finfo(torch.float64).tiny)
+    ok = bool((diff <= ATOL + RTOL * expected.double().abs()).all())
+    if not diff.numel():
+        return ok, 0.0, 0.0
+    return ok, float(diff.max()), float(rel.max())
+
+
+def verify(path: Path) -> bool:
+    """Runs the check for one fixture and prints one line per output; True if everything passes."""
+    print(f"== {path}")
+    try:
+        blob = load_fixture(path)
+        kind = blob.get("kind")
+        if kind not in PARITY_CHECKS:
+            raise ParityError(f"no parity check for kind '{kind}' (known: {', '.join(PARITY_CHECKS)})")
+        results: List[bool] = []
+        with torch.no_grad():
+            for name, ours, expected in PARITY_CHECKS[kind](blob, path):
+                ok, max_abs, max_rel = compare(ours, expected)
+                results.append(ok)
+                print(f"  {name:48s} max_abs {max_abs:.2e}  max_rel {max_rel:.2e}  {'PASS' if ok else 'FAIL'}")
+    except ParityError as e:
+        print(f"  ERROR: {e}")
+        return False
+    print(f"  {sum(results)}/{len(results)} passed ({kind})")
+    return all(results)
+
+
+def main(argv: List[str] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("fixtures", nargs="+", type=Path)
+    args = parser.parse_args(argv)
+    results = [verify(path) for path in args.fixtures]
+    print("PASS" if all(results) else "FAIL")
+    return 0 if all(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
