@@ -1,7 +1,5 @@
 """AnyUp: parity with the official model (anyup_full.pt), chunking, output strides and feature widths."""
 import json
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,14 +8,6 @@ import torch.nn.functional as F
 from dinov3seg.modeling.encoders.anyup import AnyUp
 
 TOL = dict(atol=1e-4, rtol=1e-4)
-
-
-@pytest.fixture(scope="module")
-def parity_dir():
-    path = Path(os.environ.get("DINOV3SEG_PARITY_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "parity"))
-    if not path.is_dir():
-        pytest.skip(f"parity fixtures not found at {path} (set DINOV3SEG_PARITY_DIR)")
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,5 @@
 """SAM prior encoder: view-size outputs, checkpoint adaptation, hooks, and key/shape parity with the releases."""
 import json
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,14 +8,6 @@ from segment_anything.modeling.image_encoder import get_rel_pos
 from dinov3seg.modeling.encoders.sam import SAMPriorEncoder, adapt_sam_state_dict
 
 TINY = dict(variant=None, embed_dim=32, depth=4, num_heads=2, global_attn_indexes=(1, 3))
-
-
-@pytest.fixture(scope="module")
-def parity_dir():
-    path = Path(os.environ.get("DINOV3SEG_PARITY_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "parity"))
-    if not path.is_dir():
-        pytest.skip(f"parity fixtures not found at {path} (set DINOV3SEG_PARITY_DIR)")
-    return path
 
 
 def fake_sam_checkpoint(encoder: SAMPriorEncoder) -> dict:

@@ -16,6 +16,7 @@ from typing import Callable, Dict, Iterator, List, Tuple
 import torch
 from torch import Tensor
 
+from dinov3seg.modeling.encoders.anyup import AnyUp
 from dinov3seg.modeling.encoders.dinotxt import DINOTxt, DINOTxtTextTower, DINOTxtVisionHead
 from dinov3seg.modeling.encoders.dinov3 import DINOv3ViT
 
@@ -196,9 +197,30 @@ def check_dinotxt(blob: dict, path: Path) -> Iterator[Comparison]:
         yield from paired(f"{name}/", ours, expected[name])
 
 
+def check_anyup(blob: dict, path: Path) -> Iterator[Comparison]:
+    """Our AnyUp at the fixture config: both output sizes, chunked queries and the key debug tensors."""
+    c = blob["config"]
+    require(c["input_dim"] == 3 and c["kernel_size"] == 1 and not c["use_natten"]
+            and c["lfu_dim"] in (None, c["qk_dim"]), f"unsupported AnyUp config: {c}")
+    require(state_dict_sha256(blob["state_dict"]) == blob["state_dict_sha256"], "state_dict sha256 mismatch")
+    model = AnyUp(c["qk_dim"], c["num_heads"], c["window_ratio"], c["kernel_size_lfu"]).eval()
+    model.load_state_dict(blob["state_dict"], strict=True)
+    for name, inp in blob["inputs"].items():
+        image, feats = inp["image"], inp["features"]
+        ours = {
+            "out_default": model(image, feats),
+            "out_feature_grid": model(image, feats, output_size=feats.shape[-2:]),
+            "key_features_encoder": model.key_features_encoder(torch.nn.functional.normalize(feats, dim=1)),
+            "k_aggregated": model.encode_keys(model.encode_image(image), feats),
+        }
+        yield from paired(f"{name}/", ours, blob["outputs"][name])
+        yield f"{name}/out_default(q_chunk_size=1000)", model(image, feats, q_chunk_size=1000), ours["out_default"]
+
+
 PARITY_CHECKS: Dict[str, Callable[[dict, Path], Iterator[Comparison]]] = {
     "dinov3_vit": check_dinov3_vit,
     "dinotxt": check_dinotxt,
+    "anyup": check_anyup,
 }
 
 
