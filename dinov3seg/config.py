@@ -101,6 +101,3 @@ def add_dinov3seg_config(cfg):
     cfg.SOLVER.OPTIMIZER = "ADAMW"
     cfg.SOLVER.ENCODER_LR_MULTIPLIER = 0.01  # LR multiplier of tuned encoder parameters
     cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0  # weight decay of embeddings and tokens
-
-    # --- Synthetic open-vocabulary dataset of the quickstart ---
-    cfg.DATASETS.SYNTHETIC_ROOT = ""  # "" = $DETECTRON2_DATASETS/synthetic_ov

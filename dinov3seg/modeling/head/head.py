@@ -8,6 +8,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import nn
 
+from ..text_embeddings import load_prompt_templates
 from .class_refinement import ClassRefinement
 from .cost_volume import CostEmbedding, cosine_cost_volume, select_text_halves
 from .decoder import UpsamplingDecoder
@@ -59,10 +60,11 @@ class DINOv3SegHead(nn.Module):
         self.decoder = UpsamplingDecoder(embed_dim, decoder_dims, decoder_guidance_dims)
 
     @classmethod
-    def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec], num_templates: int):
+    def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
         head = cfg.MODEL.DINOV3SEG
         return dict(
-            input_shape=input_shape, text_channels=head.TEXT_CHANNELS, num_templates=num_templates,
+            input_shape=input_shape, text_channels=head.TEXT_CHANNELS,
+            num_templates=len(load_prompt_templates(head.PROMPT_TEMPLATES)),
             embed_dim=head.COST_EMBED_DIM, guidance_dim=head.GUIDANCE_DIM, num_rounds=head.NUM_REFINEMENT_ROUNDS,
             window_size=head.WINDOW_SIZE, num_heads=head.NUM_HEADS, class_attention=head.CLASS_ATTENTION,
             decoder_dims=head.DECODER_DIMS, decoder_guidance_dims=head.DECODER_GUIDANCE_DIMS,

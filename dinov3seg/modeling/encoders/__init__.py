@@ -1,0 +1,1 @@
+from .build import build_anyup, build_dinotxt, build_sam  # noqa: F401

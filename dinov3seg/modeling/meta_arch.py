@@ -1,0 +1,171 @@
+"""DINOv3Seg: frozen DINOv3 / dinov3.txt / AnyUp / SAM encoders + the trainable dinov3.seg head."""
+import contextlib
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import META_ARCH_REGISTRY, build_sem_seg_head
+from detectron2.structures import ImageList
+from torch import nn
+
+from ..data.vocabulary import load_class_names, validate_vocabulary
+from ..inference.lga import LocalGlobalAggregation
+from .encoders import build_anyup, build_dinotxt, build_sam
+from .loss import sem_seg_bce_loss
+from .encoders.tokenizer import build_tokenizer
+from .text_embeddings import TextEmbedder
+
+PATCH_SIZE = 16
+FROZEN_ENCODERS = ("dinotxt", "anyup", "sam", "text_embedder")  # text_embedder wraps dinotxt.text
+
+
+@META_ARCH_REGISTRY.register()
+class DINOv3Seg(nn.Module):
+    """Open-vocabulary semantic segmentation with dinov3.txt.
+
+    Training takes VIEW_SIZE crops and returns ``{"loss_sem_seg": loss}``; inference runs
+    Local-Global Aggregation and returns ``[{"sem_seg": (T, height, width) scores}]``.
+    """
+
+    @configurable
+    def __init__(self, *, dinotxt: nn.Module, anyup: Optional[nn.Module], sam: Optional[nn.Module],
+                 sem_seg_head: nn.Module, text_embedder: TextEmbedder, lga: LocalGlobalAggregation,
+                 pixel_mean, pixel_std, view_size: int, use_vision_head: bool, anyup_output_stride: int,
+                 sam_decoder_guidance: List[int], train_class_names: List[str], test_class_names: List[str],
+                 ignore_value: int, ignore_as_negative: bool, precision: str, topk_classes: int):
+        super().__init__()
+        self.dinotxt, self.anyup, self.sam = dinotxt, anyup, sam
+        self.sem_seg_head = sem_seg_head
+        self.text_embedder = text_embedder
+        self.lga = lga
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        self.view_size = view_size
+        self.use_vision_head = use_vision_head
+        self.anyup_output_stride = anyup_output_stride
+        self.sam_decoder_guidance = list(sam_decoder_guidance)
+        self.train_class_names = train_class_names
+        self.test_class_names = test_class_names
+        self.ignore_value = ignore_value
+        self.ignore_as_negative = ignore_as_negative
+        self.precision = precision
+        self.topk_classes = topk_classes
+
+    @classmethod
+    def from_config(cls, cfg):
+        head_cfg = cfg.MODEL.DINOV3SEG
+        view = head_cfg.VIEW_SIZE
+        if view <= 0 or view % PATCH_SIZE:
+            raise ValueError(f"MODEL.DINOV3SEG.VIEW_SIZE must be a positive multiple of {PATCH_SIZE} "
+                             f"(the DINOv3 patch size), got {view}; e.g. 384 gives a 24x24 feature grid.")
+        if head_cfg.PRECISION not in ("bf16", "fp32"):
+            raise ValueError(f"MODEL.DINOV3SEG.PRECISION must be 'bf16' or 'fp32', got {head_cfg.PRECISION!r}")
+        dinotxt = build_dinotxt(cfg)
+        anyup = build_anyup(cfg)
+        sam = build_sam(cfg, view)
+        dim = cfg.MODEL.DINOV3.EMBED_DIM
+        stride = cfg.MODEL.ANYUP.OUTPUT_STRIDE if anyup is not None else PATCH_SIZE
+        input_shape = {"patches": ShapeSpec(channels=dim, stride=stride), "text": ShapeSpec(channels=2 * dim)}
+        if sam is not None:
+            n_global = len(sam.global_attn_indexes)
+            bad = [i for i in cfg.MODEL.SAM.DECODER_GUIDANCE if not 0 <= i < n_global]
+            if bad or len(cfg.MODEL.SAM.DECODER_GUIDANCE) != len(head_cfg.DECODER_DIMS):
+                raise ValueError(f"MODEL.SAM.DECODER_GUIDANCE must hold one index per decoder stage "
+                                 f"({len(head_cfg.DECODER_DIMS)}), each in [0, {n_global}); got "
+                                 f"{list(cfg.MODEL.SAM.DECODER_GUIDANCE)}")
+            input_shape["guidance"] = ShapeSpec(channels=sam.neck_channels, stride=PATCH_SIZE)
+            input_shape["decoder_guidance"] = ShapeSpec(channels=sam.guidance_channels, stride=PATCH_SIZE)
+        train_names = load_class_names(head_cfg.TRAIN_CLASS_JSON, cfg.DATASETS.TRAIN,
+                                       "MODEL.DINOV3SEG.TRAIN_CLASS_JSON", "DATASETS.TRAIN")
+        test_names = load_class_names(head_cfg.TEST_CLASS_JSON, cfg.DATASETS.TEST,
+                                      "MODEL.DINOV3SEG.TEST_CLASS_JSON", "DATASETS.TEST")
+        return dict(
+            dinotxt=dinotxt, anyup=anyup, sam=sam, sem_seg_head=build_sem_seg_head(cfg, input_shape),
+            text_embedder=TextEmbedder(cfg, text_encoder=dinotxt.text, tokenizer=build_tokenizer()),
+            lga=LocalGlobalAggregation(cfg), pixel_mean=cfg.MODEL.PIXEL_MEAN, pixel_std=cfg.MODEL.PIXEL_STD,
+            view_size=view, use_vision_head=cfg.MODEL.DINOTXT.USE_VISION_HEAD, anyup_output_stride=stride,
+            sam_decoder_guidance=cfg.MODEL.SAM.DECODER_GUIDANCE, train_class_names=train_names,
+            test_class_names=test_names, ignore_value=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+            ignore_as_negative=head_cfg.IGNORE_AS_NEGATIVE, precision=head_cfg.PRECISION,
+            topk_classes=cfg.TEST.LGA.TOPK_CLASSES)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def set_vocabulary(self, class_names: List[str]) -> None:
+        """Set the class names used at test time (each may hold comma-separated synonyms)."""
+        self.test_class_names = validate_vocabulary(list(class_names), "the test vocabulary")
+
+    def trainable_state_dict(self) -> Dict[str, torch.Tensor]:
+        """What a checkpoint holds: the head, plus any tuned encoder parameters. Frozen encoders are
+        rebuilt from their own weight files."""
+        tuned = {f"{n}" for n, p in self.named_parameters() if p.requires_grad}
+        return {k: v for k, v in self.state_dict().items()
+                if k in tuned or not k.startswith(tuple(f"{m}." for m in FROZEN_ENCODERS))}
+
+    def _autocast(self):
+        if self.device.type == "cuda" and self.precision == "bf16":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def segment_views(self, views: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            views: (V, 3, S, S) normalised views, S = VIEW_SIZE.
+            text: (T, P, 2D) class embeddings.
+        Returns:
+            (V, T, S/4, S/4) logits.
+        """
+        grid = views.shape[-1] // PATCH_SIZE
+        with torch.no_grad():
+            _, patches = self.dinotxt.encode_image(views, use_head=self.use_vision_head)
+            if self.anyup is not None:
+                side = grid * PATCH_SIZE // self.anyup_output_stride
+                patches = self.anyup(views, patches, output_size=(side, side))
+            guidance = decoder_guidance = None
+            if self.sam is not None:
+                size = self.sam.image_size
+                sam_out = self.sam(views if size == views.shape[-1] else F.interpolate(
+                    views, size=(size, size), mode="bilinear", align_corners=False))
+                on_grid = lambda x: x if x.shape[-1] == grid else F.interpolate(  # noqa: E731
+                    x, size=(grid, grid), mode="bilinear", align_corners=False)
+                guidance = on_grid(sam_out["neck"])
+                decoder_guidance = [on_grid(sam_out["guidance"][i]) for i in self.sam_decoder_guidance]
+        topk = 0 if self.training else self.topk_classes
+        return self.sem_seg_head(patches, text, guidance, decoder_guidance, topk=topk)
+
+    def forward(self, batched_inputs: List[Dict[str, torch.Tensor]]):
+        """batched_inputs: Detectron2 dicts with "image" (3, H, W) RGB 0-255, "sem_seg" (H, W) in
+        training, optional "height"/"width" at test time."""
+        with self._autocast():
+            if self.training:
+                return self._training_loss(batched_inputs)
+            text = self.text_embedder(self.test_class_names)
+            results = []
+            for x in batched_inputs:
+                image = (x["image"].to(self.device).float() - self.pixel_mean) / self.pixel_std
+                scores = self.lga(image, lambda views: self.segment_views(views, text))
+                height, width = x.get("height", image.shape[-2]), x.get("width", image.shape[-1])
+                if scores.shape[-2:] != (height, width):
+                    scores = F.interpolate(scores[None].float(), size=(height, width), mode="bilinear",
+                                           align_corners=False)[0]
+                results.append({"sem_seg": scores.float()})
+            return results
+
+    def _training_loss(self, batched_inputs):
+        images = [(x["image"].to(self.device).float() - self.pixel_mean) / self.pixel_std for x in batched_inputs]
+        largest = max(max(i.shape[-2:]) for i in images)
+        if largest > self.view_size:
+            raise ValueError(f"training images must be at most MODEL.DINOV3SEG.VIEW_SIZE={self.view_size} "
+                             f"pixels per side (got {largest}); enable INPUT.CROP with that size.")
+        images = ImageList.from_tensors(images, self.view_size).tensor
+        targets = ImageList.from_tensors([x["sem_seg"].to(self.device) for x in batched_inputs], self.view_size,
+                                         pad_value=self.ignore_value).tensor
+        text = self.text_embedder(self.train_class_names)
+        logits = self.segment_views(images, text)
+        logits = F.interpolate(logits.float(), size=targets.shape[-2:], mode="bilinear", align_corners=False)
+        loss = sem_seg_bce_loss(logits, targets, self.ignore_value, self.ignore_as_negative)
+        return {"loss_sem_seg": loss}
