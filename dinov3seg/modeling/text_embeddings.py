@@ -1,0 +1,371 @@
+"""Class-name text embeddings: prompt templates x synonyms through the dinov3.txt text tower, cached.
+
+For each class (one string; comma-separated synonyms allowed, e.g. "sofa, couch") and each prompt
+template, every synonym is written into the template, encoded and L2-normalised; the synonyms are
+averaged and the mean is L2-normalised again. The result is ``T x P x 2D`` (T classes, P templates,
+2D = 2048 for dinov3.txt: ``[:, :, :D]`` aligns with the image CLS, ``[:, :, D:]`` with the patches).
+
+Embeddings are computed once per (class names, templates, text weights) and kept in memory, and
+optionally on disk (``MODEL.DINOV3SEG.TEXT_CACHE_DIR``). The weights are fingerprinted on every call:
+an optimizer step, ``load_state_dict``, ``.to(device)`` or any other change of the text tower's
+tensors invalidates the cache. While the text tower has trainable parameters and autograd is on,
+nothing is cached: every call re-encodes, so gradients flow into the tuned text weights.
+"""
+import hashlib
+import json
+import logging
+import os
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detectron2.config import configurable
+
+__all__ = [
+    "SINGLE_TEMPLATE",
+    "IMAGENET_TEMPLATES",
+    "load_prompt_templates",
+    "split_synonyms",
+    "TextEmbedder",
+]
+
+logger = logging.getLogger(__name__)
+
+SINGLE_TEMPLATE = "A photo of a {} in the scene."
+
+# The 80 prompt templates OpenAI used for zero-shot ImageNet with CLIP.
+IMAGENET_TEMPLATES = (
+    "a bad photo of a {}.",
+    "a photo of many {}.",
+    "a sculpture of a {}.",
+    "a photo of the hard to see {}.",
+    "a low resolution photo of the {}.",
+    "a rendering of a {}.",
+    "graffiti of a {}.",
+    "a bad photo of the {}.",
+    "a cropped photo of the {}.",
+    "a tattoo of a {}.",
+    "the embroidered {}.",
+    "a photo of a hard to see {}.",
+    "a bright photo of a {}.",
+    "a photo of a clean {}.",
+    "a photo of a dirty {}.",
+    "a dark photo of the {}.",
+    "a drawing of a {}.",
+    "a photo of my {}.",
+    "the plastic {}.",
+    "a photo of the cool {}.",
+    "a close-up photo of a {}.",
+    "a black and white photo of the {}.",
+    "a painting of the {}.",
+    "a painting of a {}.",
+    "a pixelated photo of the {}.",
+    "a sculpture of the {}.",
+    "a bright photo of the {}.",
+    "a cropped photo of a {}.",
+    "a plastic {}.",
+    "a photo of the dirty {}.",
+    "a jpeg corrupted photo of a {}.",
+    "a blurry photo of the {}.",
+    "a photo of the {}.",
+    "a good photo of the {}.",
+    "a rendering of the {}.",
+    "a {} in a video game.",
+    "a photo of one {}.",
+    "a doodle of a {}.",
+    "a close-up photo of the {}.",
+    "a photo of a {}.",
+    "the origami {}.",
+    "the {} in a video game.",
+    "a sketch of a {}.",
+    "a doodle of the {}.",
+    "a origami {}.",
+    "a low resolution photo of a {}.",
+    "the toy {}.",
+    "a rendition of the {}.",
+    "a photo of the clean {}.",
+    "a photo of a large {}.",
+    "a rendition of a {}.",
+    "a photo of a nice {}.",
+    "a photo of a weird {}.",
+    "a blurry photo of a {}.",
+    "a cartoon {}.",
+    "art of a {}.",
+    "a sketch of the {}.",
+    "a embroidered {}.",
+    "a pixelated photo of a {}.",
+    "itap of the {}.",
+    "a jpeg corrupted photo of the {}.",
+    "a good photo of a {}.",
+    "a plushie {}.",
+    "a photo of the nice {}.",
+    "a photo of the small {}.",
+    "a photo of the weird {}.",
+    "the cartoon {}.",
+    "art of the {}.",
+    "a drawing of the {}.",
+    "a photo of the large {}.",
+    "a black and white photo of a {}.",
+    "the plushie {}.",
+    "a dark photo of a {}.",
+    "itap of a {}.",
+    "graffiti of the {}.",
+    "a toy {}.",
+    "itap of my {}.",
+    "a photo of a cool {}.",
+    "a photo of a small {}.",
+    "a tattoo of the {}.",
+)
+
+
+def load_prompt_templates(spec: str) -> List[str]:
+    """Templates named by ``MODEL.DINOV3SEG.PROMPT_TEMPLATES``.
+
+    Args:
+        spec: "single" (``SINGLE_TEMPLATE``), "imagenet" (the 80 ImageNet templates) or the path of
+            a UTF-8 text file with one template per line, each containing "{}" where the class name
+            goes (blank lines and lines starting with "#" are skipped).
+    """
+    if spec == "single":
+        return [SINGLE_TEMPLATE]
+    if spec == "imagenet":
+        return list(IMAGENET_TEMPLATES)
+    key = "MODEL.DINOV3SEG.PROMPT_TEMPLATES"
+    if not os.path.isfile(spec):
+        raise FileNotFoundError(
+            f'{key} = {spec!r}: expected "single", "imagenet" or the path of a text file with one '
+            'template per line containing "{}", but no such file exists'
+        )
+    templates = []
+    with open(spec, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            if line.count("{}") != 1:
+                raise ValueError(
+                    f'{key}: line {lineno} of {spec} must contain "{{}}" exactly once (where the class '
+                    f"name goes), got {line!r}"
+                )
+            templates.append(line)
+    if not templates:
+        raise ValueError(f"{key}: template file {spec} holds no templates")
+    return templates
+
+
+def split_synonyms(class_name: str) -> List[str]:
+    """"sofa, couch" -> ["sofa", "couch"]; empty parts are dropped."""
+    synonyms = [s.strip() for s in class_name.split(",") if s.strip()]
+    if not synonyms:
+        raise ValueError(f"class name {class_name!r} holds no name")
+    return synonyms
+
+
+def _weights_digest(module: nn.Module) -> str:
+    """Content hash of a module's parameters and buffers (names, dtypes, shapes, bytes)."""
+    h = hashlib.sha1()
+    for name, t in list(module.named_parameters()) + list(module.named_buffers()):
+        t = t.detach()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+class TextEmbedder(nn.Module):
+    """Class names -> ``T x P x 2D`` prompt embeddings, cached (see the module doc).
+
+    The wrapped ``text_encoder`` maps token ids ``N x L`` (int64) to ``N x 2D`` unnormalised
+    embeddings, through its ``encode_text`` method if it has one, else its ``forward``. It is a
+    submodule (reach it as ``text_embedder.text_encoder``). ``tokenizer(texts, context_length=L)``
+    returns ``N x L`` int64 ids.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        text_encoder: nn.Module,
+        tokenizer: Callable[..., torch.Tensor],
+        templates: Sequence[str] = (SINGLE_TEMPLATE,),
+        cache_dir: str = "",
+        context_length: int = 77,
+        chunk_size: int = 256,
+        max_cached_vocabularies: int = 8,
+    ):
+        """
+        Args:
+            text_encoder: ids N x L -> N x 2D (see the class doc).
+            tokenizer: list of N strings -> N x L int64 ids.
+            templates: prompt templates, each with one "{}".
+            cache_dir: directory of the on-disk cache; "" = memory only.
+            context_length: L.
+            chunk_size: prompts encoded per text-tower call (bounds memory for huge vocabularies).
+            max_cached_vocabularies: vocabularies kept in memory (least recently used dropped).
+        """
+        super().__init__()
+        if not templates or any(t.count("{}") != 1 for t in templates):
+            raise ValueError(f'every prompt template needs exactly one "{{}}", got {list(templates)}')
+        if chunk_size <= 0:
+            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.templates = list(templates)
+        self.cache_dir = cache_dir
+        self.context_length = context_length
+        self.chunk_size = chunk_size
+        self.max_cached_vocabularies = max_cached_vocabularies
+        self._cache: Dict[tuple, torch.Tensor] = {}  # (class names, templates) -> T x P x 2D
+        self._cache_fingerprint = None  # weights fingerprint the cached entries belong to
+        self._digest: Optional[Tuple[tuple, str]] = None  # (fingerprint, content hash) for disk keys
+        self.num_encoder_calls = 0  # text-tower forward passes so far (for tests and profiling)
+
+    @classmethod
+    def from_config(cls, cfg, text_encoder: nn.Module, tokenizer: Callable[..., torch.Tensor]):
+        return {
+            "text_encoder": text_encoder,
+            "tokenizer": tokenizer,
+            "templates": load_prompt_templates(cfg.MODEL.DINOV3SEG.PROMPT_TEMPLATES),
+            "cache_dir": cfg.MODEL.DINOV3SEG.TEXT_CACHE_DIR,
+        }
+
+    @property
+    def num_templates(self) -> int:
+        return len(self.templates)
+
+    # ------------------------------------------------------------------ weights fingerprint
+    def _tensors(self):
+        return list(self.text_encoder.parameters()) + list(self.text_encoder.buffers())
+
+    def weights_fingerprint(self) -> tuple:
+        """Cheap identity of the text weights: changes whenever any parameter or buffer is modified
+        in place (``_version`` counter: optimizer steps, ``load_state_dict``, ``copy_``), replaced
+        (``data_ptr``) or moved/cast (device, dtype)."""
+        return tuple(
+            (t.data_ptr(), t._version, t.device.type, t.device.index, t.dtype, tuple(t.shape))
+            for t in self._tensors()
+        )
+
+    def weights_digest(self) -> str:
+        """Content hash of the text weights (stable across processes; used for disk-cache keys).
+        Recomputed only when :meth:`weights_fingerprint` changes."""
+        fingerprint = self.weights_fingerprint()
+        if self._digest is None or self._digest[0] != fingerprint:
+            self._digest = (fingerprint, _weights_digest(self.text_encoder))
+        return self._digest[1]
+
+    def is_tuned(self) -> bool:
+        """True when embeddings must be recomputed with autograd: grad on and text params trainable."""
+        return torch.is_grad_enabled() and any(p.requires_grad for p in self.text_encoder.parameters())
+
+    # ------------------------------------------------------------------ encoding
+    def _device(self) -> torch.device:
+        tensors = self._tensors()
+        return tensors[0].device if tensors else torch.device("cpu")
+
+    def _encode_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        self.num_encoder_calls += 1
+        encode = getattr(self.text_encoder, "encode_text", self.text_encoder)
+        return encode(ids)
+
+    def encode(self, class_names: Sequence[str]) -> torch.Tensor:
+        """Compute (no cache) the ``T x P x 2D`` embeddings of ``class_names``."""
+        synonyms = [split_synonyms(name) for name in class_names]
+        # One prompt per (class, template, synonym); row of the output it averages into.
+        prompts, rows = [], []
+        for c, names in enumerate(synonyms):
+            for p, template in enumerate(self.templates):
+                for name in names:
+                    prompts.append(template.replace("{}", name))
+                    rows.append(c * len(self.templates) + p)
+        rows = torch.tensor(rows, dtype=torch.long)
+        device = self._device()
+
+        chunks = []
+        summed = None
+        for start in range(0, len(prompts), self.chunk_size):
+            ids = self.tokenizer(prompts[start : start + self.chunk_size], context_length=self.context_length)
+            emb = F.normalize(self._encode_ids(ids.to(device)), dim=-1)
+            if emb.requires_grad:
+                chunks.append(emb)  # keep the graph; summed once below
+                continue
+            if summed is None:
+                summed = emb.new_zeros(len(class_names) * len(self.templates), emb.shape[-1])
+            summed.index_add_(0, rows[start : start + len(emb)].to(emb.device), emb)
+        if chunks:
+            emb = torch.cat(chunks)
+            summed = emb.new_zeros(len(class_names) * len(self.templates), emb.shape[-1])
+            summed = summed.index_add(0, rows.to(emb.device), emb)
+        if summed is None:  # empty vocabulary
+            return torch.zeros(0, len(self.templates), 0, device=device)
+        # The mean over synonyms and the sum point the same way: normalising the sum is enough.
+        return F.normalize(summed, dim=-1).reshape(len(class_names), len(self.templates), -1)
+
+    def _disk_path(self, class_names: Tuple[str, ...]) -> str:
+        key = json.dumps(
+            {
+                "class_names": list(class_names),
+                "templates": self.templates,
+                "context_length": self.context_length,
+                "encoder": type(self.text_encoder).__name__,
+                "weights": self.weights_digest(),
+            },
+            sort_keys=True,
+        )
+        return os.path.join(self.cache_dir, f"text_{hashlib.sha1(key.encode()).hexdigest()}.pt")
+
+    def forward(self, class_names: Sequence[str]) -> torch.Tensor:
+        """
+        Args:
+            class_names: T names; each may hold comma-separated synonyms.
+
+        Returns:
+            T x P x 2D embeddings, unit norm along the last dim (P = number of templates).
+        """
+        if isinstance(class_names, str):
+            raise TypeError("class_names must be a list of names, not one string")
+        if len(class_names) == 0:
+            raise ValueError("the vocabulary is empty: give at least one class name")
+        if self.is_tuned():
+            return self.encode(class_names)
+
+        key = (tuple(class_names), tuple(self.templates))
+        fingerprint = self.weights_fingerprint()
+        if fingerprint != self._cache_fingerprint:
+            self._cache.clear()  # the text weights changed: every cached vocabulary is stale
+            self._cache_fingerprint = fingerprint
+        if key in self._cache:
+            self._cache[key] = self._cache.pop(key)  # most recently used last
+            return self._cache[key]
+
+        embeddings = None
+        path = self._disk_path(key[0]) if self.cache_dir else None
+        if path is not None and os.path.isfile(path):
+            try:
+                embeddings = torch.load(path, map_location="cpu", weights_only=True)
+                embeddings = embeddings.to(device=self._device())
+            except Exception as e:  # a truncated or foreign file: recompute and overwrite it
+                logger.warning(f"Ignoring unreadable text-embedding cache {path}: {e}")
+                embeddings = None
+        if embeddings is None:
+            with torch.no_grad():
+                embeddings = self.encode(key[0])
+            if path is not None:
+                os.makedirs(self.cache_dir, exist_ok=True)
+                tmp = f"{path}.{os.getpid()}.tmp"
+                torch.save(embeddings.cpu(), tmp)
+                os.replace(tmp, path)  # atomic: concurrent workers never read a partial file
+
+        self._cache[key] = embeddings
+        while len(self._cache) > self.max_cached_vocabularies:
+            self._cache.pop(next(iter(self._cache)))
+        return embeddings
+
+    def clear_cache(self):
+        """Drop the in-memory cache (the disk cache is left alone)."""
+        self._cache.clear()
+        self._cache_fingerprint = None
+
+    def extra_repr(self) -> str:
+        return f"templates={len(self.templates)}, cache_dir={self.cache_dir!r}, chunk_size={self.chunk_size}"
