@@ -53,7 +53,7 @@ class LearnedFeatureUnification(nn.Module):
         responses = F.conv2d(features.reshape(b * c, 1, h, w), self.basis, padding=k // 2)  # [B*C, M, h, w]
         ones = features.new_ones(1, 1, h, w)
         valid_taps = F.conv2d(ones, torch.ones_like(self.basis[:1]), padding=k // 2)  # [1, 1, h, w]
-        responses = (responses / valid_taps).reshape(b, m, c, h, w)
+        responses = responses.div_(valid_taps).reshape(b, m, c, h, w)
         return responses.softmax(dim=1).mean(dim=2)
 
 
