@@ -122,7 +122,7 @@ class WindowCrossAttention(nn.Module):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
         """q [B,Q,D], k [B,K,D], v [B,K,C], masked [Q,K] bool (True = excluded) -> [B,Q,C]."""
-        b, nq, d = q.shape
+        b, _, d = q.shape
         w_q, w_k, _ = self.attention.in_proj_weight.chunk(3)
         b_q, b_k, _ = self.attention.in_proj_bias.chunk(3)
         heads = lambda t: t.reshape(b, t.shape[1], self.num_heads, -1).transpose(1, 2)  # noqa: E731
