@@ -1,0 +1,299 @@
+"""Segment your own images with your own class names.
+
+    python demo/demo.py --config-file configs/quickstart.yaml --input photo.jpg \
+        --vocabulary "cat, dog, grass" --output out/ --opts MODEL.WEIGHTS model_final.pth
+
+--input takes files, directories (their images, not recursive) and globs ("photos/**/*.jpg").
+The vocabulary comes from --vocabulary (comma-separated classes; "dog|puppy" gives one class with
+two synonyms), --vocabulary-file (a JSON list, or one class per line with comma-separated synonyms) or
+--dataset (a registered benchmark's class names, e.g. "ade20k_150"). For each image the demo writes
+<name>.png (the label map over the image, with a legend of the classes present) and <name>.json
+(the share of pixels of every class); results.json gathers all images.
+"""
+import argparse
+import glob
+import json
+import logging
+import os
+import sys
+from typing import Dict, List, Sequence
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
+
+import dinov3seg  # noqa: E402,F401  (compat aliases, registers the model and datasets)
+from detectron2.config import get_cfg  # noqa: E402
+from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
+from PIL import Image, ImageDraw, ImageFont  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from dinov3seg.config import add_dinov3seg_config  # noqa: E402
+from dinov3seg.data.vocabulary import validate_vocabulary  # noqa: E402
+from dinov3seg.inference.predictor import VocabularyPredictor, read_image_rgb  # noqa: E402
+from dinov3seg.modeling.text_embeddings import split_synonyms  # noqa: E402
+
+logger = logging.getLogger("dinov3seg.demo")
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
+
+
+class DemoError(Exception):
+    """A bad input: reported as one clear line, exit status 2."""
+
+
+# ---------------------------------------------------------------------------- arguments
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="model config (YAML)")
+    parser.add_argument("--input", required=True, nargs="+", help="image files, directories or globs")
+    vocab = parser.add_mutually_exclusive_group(required=True)
+    vocab.add_argument("--vocabulary", help='comma-separated class names, e.g. "cat, dog|puppy, grass"')
+    vocab.add_argument("--vocabulary-file", help="JSON list of names, or one class per line")
+    vocab.add_argument("--dataset", help="reuse a registered dataset's class names, e.g. ade20k_150")
+    parser.add_argument("--output", required=True, help="directory for the PNGs and JSONs")
+    parser.add_argument("--alpha", type=float, default=0.5, help="opacity of the label colours")
+    parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+    return parser
+
+
+def setup_cfg(args):
+    cfg = get_cfg()
+    add_dinov3seg_config(cfg)
+    if not os.path.isfile(args.config_file):
+        raise DemoError(f"config file '{args.config_file}' does not exist")
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    import torch
+
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logger.info("CUDA is not available: running on the CPU")
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    return cfg
+
+
+def _check_user_vocabulary(names: List[str], source: str) -> List[str]:
+    if not names:
+        raise DemoError(f"{source} is empty: give at least one class name")
+    try:
+        validate_vocabulary(names, source)
+    except ValueError as e:
+        raise DemoError(str(e)) from None
+    owner: Dict[str, str] = {}
+    for name in names:
+        for synonym in split_synonyms(name):
+            key = synonym.lower()
+            if key in owner and owner[key] != name:
+                raise DemoError(
+                    f"{source}: '{synonym}' is in two classes ('{owner[key]}' and '{name}'); "
+                    "each name may appear in one class only"
+                )
+            owner[key] = name
+    return names
+
+
+def parse_vocabulary(text: str) -> List[str]:
+    """'cat, dog|puppy, grass' -> ['cat', 'dog, puppy', 'grass']."""
+    classes = []
+    for entry in text.split(","):
+        synonyms = [s.strip() for s in entry.split("|") if s.strip()]
+        if synonyms:
+            classes.append(", ".join(synonyms))
+    return _check_user_vocabulary(classes, "--vocabulary")
+
+
+def read_vocabulary_file(path: str) -> List[str]:
+    """A JSON list of names, or a text file with one class per line (synonyms comma-separated)."""
+    source = f"--vocabulary-file '{path}'"
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise DemoError(f"cannot read {source}: {e.strerror}") from None
+    if path.lower().endswith(".json"):
+        try:
+            names = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DemoError(f"{source} is not valid JSON: {e}") from None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise DemoError(f"{source} must hold a JSON list of class-name strings")
+        names = [n.strip() for n in names]
+    else:
+        names = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    return _check_user_vocabulary(names, source)
+
+
+def dataset_vocabulary(name: str) -> List[str]:
+    """Class names of a registered dataset: its exact name, or the datasets whose names start with it
+    (e.g. "ade20k_150" for "ade20k_150_val_sem_seg") when they all share one vocabulary."""
+    registered = DatasetCatalog.list()
+    candidates = [name] if name in registered else sorted(n for n in registered if n.startswith(name))
+    vocabularies = {}
+    for candidate in candidates:
+        classes = MetadataCatalog.get(candidate).get("stuff_classes", None)
+        if classes:
+            vocabularies.setdefault(tuple(classes), candidate)
+    if len(vocabularies) != 1:
+        with_names = sorted(n for n in registered if MetadataCatalog.get(n).get("stuff_classes", None))
+        what = "no registered dataset with class names" if not vocabularies else "several vocabularies"
+        raise DemoError(f"--dataset '{name}': {what} matches; registered: {', '.join(with_names) or 'none'}")
+    names = list(next(iter(vocabularies)))
+    try:
+        return validate_vocabulary(names, f"--dataset '{name}'")
+    except ValueError as e:
+        raise DemoError(str(e)) from None
+
+
+def expand_inputs(patterns: Sequence[str]) -> List[str]:
+    """Files, directories (their images) and globs -> sorted unique image paths."""
+    paths = []
+    for pattern in patterns:
+        if os.path.isdir(pattern):
+            paths += [
+                os.path.join(pattern, f)
+                for f in sorted(os.listdir(pattern))
+                if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(pattern, f))
+            ]
+        elif os.path.isfile(pattern):
+            paths.append(pattern)
+        else:
+            paths += sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+    unique = list(dict.fromkeys(paths))
+    if not unique:
+        raise DemoError(f"--input {' '.join(patterns)} matched no image files")
+    return unique
+
+
+# ---------------------------------------------------------------------------- drawing
+def class_colors(num_classes: int) -> np.ndarray:
+    """num_classes x 3 uint8 colours, well apart (golden-ratio hues, two brightness levels)."""
+    import colorsys
+
+    colors = []
+    for i in range(num_classes):
+        hue = (i * 0.618033988749895) % 1.0
+        value = 0.95 if i % 2 == 0 else 0.75
+        colors.append([round(c * 255) for c in colorsys.hsv_to_rgb(hue, 0.75, value)])
+    return np.array(colors, dtype=np.uint8).reshape(-1, 3)
+
+
+def _font(size: int):
+    try:
+        import matplotlib
+
+        path = os.path.join(matplotlib.get_data_path(), "fonts", "ttf", "DejaVuSans.ttf")
+        return ImageFont.truetype(path, size)
+    except Exception:  # no matplotlib font: Pillow's small bitmap font
+        return ImageFont.load_default()
+
+
+def draw_overlay(
+    image: np.ndarray, labels: np.ndarray, display_names: List[str], shares: List[float], alpha: float = 0.5
+) -> Image.Image:
+    """The label colours blended over the image, with a legend (classes present, by share) on the right."""
+    colors = class_colors(len(display_names))
+    blended = (image.astype(np.float32) * (1 - alpha) + colors[labels].astype(np.float32) * alpha).astype(np.uint8)
+    height, width = image.shape[:2]
+
+    present = sorted((i for i, s in enumerate(shares) if s > 0), key=lambda i: -shares[i])
+    font_size = max(10, min(32, max(height, 240) // 30))
+    font = _font(font_size)
+    line = int(font_size * 1.5)
+    pad = font_size // 2
+    rows = max(1, (max(height, 2 * line) - 2 * pad) // line)
+    if len(present) > rows:  # keep the largest classes; summarise the rest on the last line
+        shown, hidden = present[: rows - 1], present[rows - 1 :]
+    else:
+        shown, hidden = present, []
+    texts = [f"{display_names[i]}  {100 * shares[i]:.1f}%" for i in shown]
+    if hidden:
+        texts.append(f"+{len(hidden)} more ({100 * sum(shares[i] for i in hidden):.1f}%)")
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_width = max((measure.textlength(t, font=font) for t in texts), default=0)
+    legend_width = int(pad * 3 + line + text_width)
+
+    canvas = Image.new("RGB", (width + legend_width, max(height, 2 * pad + line * len(texts))), (255, 255, 255))
+    canvas.paste(Image.fromarray(blended), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for row, text in enumerate(texts):
+        y = pad + row * line
+        x = width + pad
+        if row < len(shown):
+            color = tuple(int(c) for c in colors[shown[row]])
+            draw.rectangle([x, y, x + line - 4, y + line - 4], fill=color, outline=(0, 0, 0))
+        draw.text((x + line + pad, y + (line - 4 - font_size) // 2), text, fill=(0, 0, 0), font=font)
+    return canvas
+
+
+# ---------------------------------------------------------------------------- main
+def _output_stem(path: str, used: set) -> str:
+    stem = os.path.splitext(os.path.basename(path))[0]
+    candidate, k = stem, 1
+    while candidate in used:
+        candidate, k = f"{stem}_{k}", k + 1
+    used.add(candidate)
+    return candidate
+
+
+def run(args) -> int:
+    if args.vocabulary is not None:
+        class_names = parse_vocabulary(args.vocabulary)
+    elif args.vocabulary_file is not None:
+        class_names = read_vocabulary_file(args.vocabulary_file)
+    else:
+        class_names = dataset_vocabulary(args.dataset)
+    paths = expand_inputs(args.input)
+    if not 0.0 <= args.alpha <= 1.0:
+        raise DemoError(f"--alpha must be in [0, 1], got {args.alpha}")
+
+    cfg = setup_cfg(args)
+    predictor = VocabularyPredictor(cfg)
+    predictor.set_vocabulary(class_names)
+    display_names = [split_synonyms(n)[0] for n in class_names]
+    os.makedirs(args.output, exist_ok=True)
+
+    results, failures, used = {}, [], set()
+    for path in tqdm(paths, desc="segmenting", unit="image", disable=len(paths) < 2):
+        try:
+            image = read_image_rgb(path)
+        except ValueError as e:
+            logger.error(str(e))
+            failures.append(path)
+            continue
+        labels = predictor.segment(image)
+        counts = np.bincount(labels.reshape(-1), minlength=len(class_names))
+        shares = (counts / labels.size).tolist()
+        stem = _output_stem(path, used)
+        draw_overlay(image, labels, display_names, shares, args.alpha).save(os.path.join(args.output, f"{stem}.png"))
+        record = {
+            "image": path,
+            "height": int(image.shape[0]),
+            "width": int(image.shape[1]),
+            "overlay": f"{stem}.png",
+            "pixel_shares": {name: round(share, 6) for name, share in zip(class_names, shares)},
+        }
+        with open(os.path.join(args.output, f"{stem}.json"), "w") as f:
+            json.dump(record, f, indent=2)
+        results[stem] = record
+    with open(os.path.join(args.output, "results.json"), "w") as f:
+        json.dump({"vocabulary": class_names, "images": results, "unreadable": failures}, f, indent=2)
+    logger.info(f"wrote {len(results)} overlays to {args.output}")
+    if failures:
+        logger.error(f"{len(failures)} of {len(paths)} inputs could not be read: {', '.join(failures)}")
+        return 1
+    return 0
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    args = get_parser().parse_args(argv)
+    try:
+        return run(args)
+    except DemoError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""demo/demo.py end to end on a real photo (stand-in model built through the registry), image
+conversions, and the clear refusals of bad inputs."""
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY
+from PIL import Image
+from torch import nn
+
+from dinov3seg.inference.lga import LocalGlobalAggregation
+from dinov3seg.inference.predictor import VocabularyPredictor, read_image_rgb, to_uint8_rgb
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("dinov3seg_demo", ROOT / "demo" / "demo.py")
+demo = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(demo)
+
+COLOR_NAMES = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 220), "white": (250, 250, 250),
+               "black": (10, 10, 10), "gray": (128, 128, 128)}
+
+
+@META_ARCH_REGISTRY.register()
+class DemoColorSegmenter(nn.Module):
+    """Stand-in for DINOv3Seg with its API: a class wins where the pixel colour is closest to the
+    colour its first name says. Runs the real LGA over views, so the demo exercises that path too."""
+
+    @configurable
+    def __init__(self, *, lga, pixel_mean, pixel_std):
+        super().__init__()
+        self.lga = lga
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        self.class_names = []
+        self.calls = 0
+
+    @classmethod
+    def from_config(cls, cfg):
+        return {"lga": LocalGlobalAggregation(cfg), "pixel_mean": cfg.MODEL.PIXEL_MEAN, "pixel_std": cfg.MODEL.PIXEL_STD}
+
+    def set_vocabulary(self, class_names):
+        self.class_names = list(class_names)
+
+    def forward(self, batched_inputs):
+        assert not self.training
+        colors = torch.tensor(
+            [COLOR_NAMES.get(n.split(",")[0].strip(), (128, 128, 128)) for n in self.class_names], dtype=torch.float32
+        )
+        colors = (colors[:, :, None, None] - self.pixel_mean) / self.pixel_std  # T x 3 x 1 x 1
+
+        def segment_views(views):  # V x 3 x S x S -> V x T x S/4 x S/4 logits
+            self.calls += 1
+            small = nn.functional.avg_pool2d(views, 4)
+            return -((small[:, None] - colors[None]) ** 2).sum(2)
+
+        results = []
+        for x in batched_inputs:
+            assert x["image"].shape[0] == 3 and x["image"].max() <= 255
+            image = (x["image"].float() - self.pixel_mean) / self.pixel_std
+            scores = self.lga(image, segment_views)
+            scores = nn.functional.interpolate(scores[None], size=(x["height"], x["width"]), mode="bilinear")[0]
+            results.append({"sem_seg": scores})
+        return results
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cfg") / "standin.yaml"
+    path.write_text(
+        "VERSION: 2\nMODEL:\n  META_ARCHITECTURE: DemoColorSegmenter\n  DEVICE: cpu\n  DINOV3SEG:\n    VIEW_SIZE: 64\n"
+        "INPUT:\n  MIN_SIZE_TEST: 160\n  MAX_SIZE_TEST: 400\n"
+        "TEST:\n  LGA:\n    CANVAS: 112\n    STRIDE: 24\n"
+    )
+    return str(path)
+
+
+def real_photo(tmp_path) -> str:
+    """A real photograph (matplotlib's sample Grace Hopper portrait) or, without it, a natural-ish JPEG."""
+    import matplotlib
+
+    sample = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    if sample.is_file():
+        return str(sample)
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:300, 0:420]
+    img = np.stack([120 + 80 * np.sin(x / 40), 100 + 60 * np.cos(y / 30), 140 + 50 * np.sin((x + y) / 55)], -1)
+    img[80:220, 150:300] = (40, 200, 60)
+    img += rng.normal(0, 8, img.shape)
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path, quality=90)
+    return str(path)
+
+
+def run_demo(config_file, *args):
+    return demo.main(["--config-file", config_file, *args])
+
+
+def test_demo_on_a_real_photo(config_file, tmp_path, capsys):
+    photo = real_photo(tmp_path)
+    out = tmp_path / "out"
+    assert run_demo(config_file, "--input", photo, "--vocabulary", "black, white|snow, blue, red",
+                    "--output", str(out)) == 0
+    stem = Path(photo).stem
+    png = Image.open(out / f"{stem}.png")
+    h, w = read_image_rgb(photo).shape[:2]
+    assert png.mode == "RGB" and png.height >= h and png.width > w  # overlay + legend panel on the right
+    record = json.loads((out / f"{stem}.json").read_text())
+    assert (record["height"], record["width"]) == (h, w)
+    shares = record["pixel_shares"]
+    assert list(shares) == ["black", "white, snow", "blue", "red"]
+    assert abs(sum(shares.values()) - 1) < 1e-4 and all(0 <= s <= 1 for s in shares.values())
+    assert sum(s > 0 for s in shares.values()) >= 2
+    assert json.loads((out / "results.json").read_text())["images"][stem] == record
+    legend = np.asarray(png)[:, w:]
+    assert (legend != 255).any()  # the legend has swatches and text
+
+
+def test_demo_many_images_odd_formats_and_tiny(config_file, tmp_path):
+    d = tmp_path / "imgs"
+    d.mkdir()
+    rgb = np.zeros((40, 50, 3), np.uint8)
+    rgb[:, :25] = COLOR_NAMES["red"]
+    rgb[:, 25:] = COLOR_NAMES["blue"]
+    Image.fromarray(rgb).save(d / "a_rgb.png")
+    Image.fromarray(rgb).convert("L").save(d / "b_gray.png")
+    rgba = np.concatenate([rgb, np.full((40, 50, 1), 128, np.uint8)], -1)
+    Image.fromarray(rgba, "RGBA").save(d / "c_rgba.png")
+    Image.fromarray((rgb[:, :, 0].astype(np.uint16) * 257)).save(d / "d_gray16.png")
+    Image.fromarray(rgb[:7, :9]).save(d / "e_tiny.png")  # far smaller than one window
+    (d / "f_broken.jpg").write_bytes(b"not a jpeg at all")
+    (d / "notes.txt").write_text("ignored: not an image")
+    out = tmp_path / "out"
+    status = run_demo(config_file, "--input", str(d), "--vocabulary", "red, blue, gray", "--output", str(out))
+    assert status == 1  # one unreadable input: the others are written, the exit status says so
+    for stem in ("a_rgb", "b_gray", "c_rgba", "d_gray16", "e_tiny"):
+        assert (out / f"{stem}.png").is_file() and (out / f"{stem}.json").is_file()
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["unreadable"] == [str(d / "f_broken.jpg")]
+    shares = summary["images"]["a_rgb"]["pixel_shares"]
+    assert shares["red"] == pytest.approx(0.5, abs=0.05) and shares["blue"] == pytest.approx(0.5, abs=0.05)
+    assert summary["images"]["e_tiny"]["pixel_shares"]["red"] == pytest.approx(1.0)
+
+
+def test_vocabulary_sources(config_file, tmp_path):
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    assert demo.parse_vocabulary("cat, dog|puppy , grass,") == ["cat", "dog, puppy", "grass"]
+    txt = tmp_path / "v.txt"
+    txt.write_text("# my classes\ncat\nsofa, couch\n\n")
+    assert demo.read_vocabulary_file(str(txt)) == ["cat", "sofa, couch"]
+    js = tmp_path / "v.json"
+    js.write_text(json.dumps(["red", "blue"]))
+    assert demo.read_vocabulary_file(str(js)) == ["red", "blue"]
+
+    name = "demo_test_colors_val_sem_seg"
+    if name not in DatasetCatalog.list():
+        DatasetCatalog.register(name, lambda: [])
+        MetadataCatalog.get(name).set(stuff_classes=["red", "green"])
+    assert demo.dataset_vocabulary("demo_test_colors") == ["red", "green"]
+    out = tmp_path / "out"
+    photo = real_photo(tmp_path)
+    assert run_demo(config_file, "--input", photo, "--dataset", "demo_test_colors", "--output", str(out)) == 0
+    assert list(json.loads((out / f"{Path(photo).stem}.json").read_text())["pixel_shares"]) == ["red", "green"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--vocabulary", " , ,"], "--vocabulary is empty"),
+        (["--vocabulary", "cat, dog, Cat"], "duplicate class names"),
+        (["--vocabulary", "dog, cat|dog"], "'dog' is in two classes"),
+        (["--vocabulary-file", "VOCAB_EMPTY"], "is empty"),
+        (["--vocabulary-file", "MISSING.txt"], "cannot read --vocabulary-file"),
+        (["--dataset", "no_such_benchmark"], "no registered dataset with class names matches"),
+    ],
+)
+def test_bad_vocabulary_is_refused(config_file, tmp_path, capsys, args, message):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n# nothing\n")
+    args = [a.replace("VOCAB_EMPTY", str(empty)).replace("MISSING.txt", str(tmp_path / "missing.txt")) for a in args]
+    photo = real_photo(tmp_path)
+    assert run_demo(config_file, "--input", photo, *args, "--output", str(tmp_path / "o")) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_no_input_matched_and_single_unreadable(config_file, tmp_path, capsys, caplog):
+    assert run_demo(config_file, "--input", str(tmp_path / "*.jpg"), "--vocabulary", "cat",
+                    "--output", str(tmp_path / "o")) == 2
+    assert "matched no image files" in capsys.readouterr().err
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    assert run_demo(config_file, "--input", str(bad), "--vocabulary", "cat", "--output", str(tmp_path / "o")) == 1
+    assert f"cannot read image '{bad}'" in caplog.text
+
+
+def test_image_conversions(tmp_path):
+    g16 = np.array([[0, 65535], [257 * 100, 257 * 200]], np.uint16)
+    assert to_uint8_rgb(g16)[..., 0].tolist() == [[0, 255], [100, 200]]
+    assert to_uint8_rgb(np.array([[0.0, 1.0]]))[0, :, 1].tolist() == [0, 255]
+    assert to_uint8_rgb(np.zeros((3, 4, 4), np.uint8)).shape == (3, 4, 3)  # RGBA -> RGB
+    rgb16 = (np.arange(2 * 3 * 3).reshape(2, 3, 3) * 7000).astype(np.uint16)
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "rgb16.png"), rgb16[:, :, ::-1])  # a 48-bit colour PNG
+    img = read_image_rgb(str(tmp_path / "rgb16.png"))
+    assert img.dtype == np.uint8 and img.shape == (2, 3, 3)
+    np.testing.assert_allclose(img.astype(float), rgb16 / 257.0, atol=1.01)
+    Image.fromarray(np.full((5, 6), 3, np.uint8), "P").save(tmp_path / "p.png")
+    assert read_image_rgb(str(tmp_path / "p.png")).shape == (5, 6, 3)
+
+
+def test_predictor_scores_at_image_size(config_file):
+    from detectron2.config import get_cfg
+
+    from dinov3seg.config import add_dinov3seg_config
+
+    cfg = get_cfg()
+    add_dinov3seg_config(cfg)
+    cfg.merge_from_file(config_file)
+    predictor = VocabularyPredictor(cfg)
+    with pytest.raises(RuntimeError, match="set_vocabulary"):
+        predictor(np.zeros((10, 10, 3), np.uint8))
+    predictor.set_vocabulary(["red", "blue"])
+    image = np.zeros((30, 45, 3), np.uint8)
+    image[:] = COLOR_NAMES["blue"]
+    scores = predictor(image)
+    assert scores.shape == (2, 30, 45)
+    assert (predictor.segment(image) == 1).all()
+    assert predictor.model.calls == 2  # one batch of views per image
