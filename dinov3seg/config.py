@@ -10,6 +10,8 @@ def add_dinov3seg_config(cfg):
     cfg.MODEL.PIXEL_MEAN = [123.675, 116.28, 103.53]
     cfg.MODEL.PIXEL_STD = [58.395, 57.12, 57.375]
     cfg.INPUT.FORMAT = "RGB"
+    # Training crops are re-drawn (up to 10 times) while one class covers more than this fraction.
+    cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
 
     # --- DINOv3 ViT backbone (frozen) ---
     cfg.MODEL.DINOV3 = CN()
@@ -36,6 +38,7 @@ def add_dinov3seg_config(cfg):
     # average-pool it back to the patch grid.
     cfg.MODEL.ANYUP.OUTPUT_STRIDE = 16
     cfg.MODEL.ANYUP.QUERY_CHUNK_SIZE = 4096  # query pixels per attention chunk (bounds memory)
+    cfg.MODEL.ANYUP.QK_DIM = 128  # width of AnyUp's encoders; the released weights need 128
 
     # --- SAM semantic prior encoder (frozen) ---
     cfg.MODEL.SAM = CN()

@@ -42,7 +42,7 @@ def build_anyup(cfg) -> Optional[AnyUp]:
         return None
     if c.OUTPUT_STRIDE not in (16, 8, 4):
         raise ValueError(f"MODEL.ANYUP.OUTPUT_STRIDE must be 16, 8 or 4, got {c.OUTPUT_STRIDE}")
-    return AnyUp(q_chunk_size=c.QUERY_CHUNK_SIZE or None).load_weights(c.WEIGHTS).requires_grad_(False)
+    return AnyUp(qk_dim=c.QK_DIM, q_chunk_size=c.QUERY_CHUNK_SIZE or None).load_weights(c.WEIGHTS).requires_grad_(False)
 
 
 def build_sam(cfg, view_size: int) -> Optional[SAMPriorEncoder]:

@@ -1,0 +1,98 @@
+#!/usr/bin/env python
+"""Train and evaluate dinov3.seg with Detectron2.
+
+    python train_net.py --config-file configs/vitl_384.yaml --num-gpus 4
+    python train_net.py --config-file configs/vitl_384.yaml --eval-only MODEL.WEIGHTS out/model_final.pth
+Multi-node: add --num-machines N --machine-rank R --dist-url tcp://HOST:PORT.
+"""
+import json
+import os
+from collections import OrderedDict
+
+import dinov3seg  # noqa: F401  (registers the model and datasets; numpy/Pillow aliases first)
+import detectron2.utils.comm as comm
+from detectron2.config import get_cfg
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.utils.logger import setup_logger
+from dinov3seg import add_dinov3seg_config
+from dinov3seg.checkpoint import DINOv3SegCheckpointer
+from dinov3seg.data import SemSegDatasetMapper, load_class_names
+from dinov3seg.evaluation import build_evaluator
+from dinov3seg.solver import build_optimizer
+
+
+class Trainer(DefaultTrainer):
+    """DefaultTrainer with dinov3seg's mapper, evaluators, optimizer and trainable-only checkpoints."""
+
+    def build_hooks(self):
+        # Runs inside DefaultTrainer.__init__ right after it made a DetectionCheckpointer: swap in ours
+        # before the periodic-checkpoint hook captures it.
+        self.checkpointer = DINOv3SegCheckpointer(
+            self.checkpointer.model, self.cfg.OUTPUT_DIR, **self.checkpointer.checkpointables)
+        return super().build_hooks()
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=SemSegDatasetMapper(cfg, is_train=True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(cfg, dataset_name, mapper=SemSegDatasetMapper(cfg, is_train=False))
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        return build_evaluator(cfg, dataset_name, output_folder or os.path.join(cfg.OUTPUT_DIR, "inference"))
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_optimizer(cfg, model)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """Evaluate on every DATASETS.TEST entry, each with its own vocabulary (or TEST_CLASS_JSON)."""
+        results = OrderedDict()
+        net = model.module if hasattr(model, "module") else model
+        for name in cfg.DATASETS.TEST:
+            net.set_vocabulary(load_class_names(cfg.MODEL.DINOV3SEG.TEST_CLASS_JSON, [name],
+                                                "MODEL.DINOV3SEG.TEST_CLASS_JSON", "DATASETS.TEST"))
+            results[name] = inference_on_dataset(model, cls.build_test_loader(cfg, name),
+                                                 cls.build_evaluator(cfg, name))
+            if comm.is_main_process():
+                print_csv_format(results[name])
+        return results
+
+
+def setup(args):
+    cfg = get_cfg()
+    add_dinov3seg_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="dinov3seg")
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DINOv3SegCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        results = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            with open(os.path.join(cfg.OUTPUT_DIR, "eval_results.json"), "w") as f:
+                json.dump(results, f, indent=2)
+        return results
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    trainer.train()
+    return getattr(trainer, "_last_eval_results", None)
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,))
