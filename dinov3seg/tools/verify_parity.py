@@ -11,7 +11,7 @@ import argparse
 import hashlib
 import sys
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -260,7 +260,7 @@ def verify(path: Path) -> bool:
     return all(results)
 
 
-def main(argv: List[str] = None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("fixtures", nargs="+", type=Path)
     args = parser.parse_args(argv)
