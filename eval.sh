@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Evaluate a trained model on the six benchmarks with the paper's test settings (Local-Global Aggregation),
+# one fresh process per benchmark, then write OUTDIR/results.md and OUTDIR/results.json.
+#
+#   bash eval.sh CONFIG NGPUS OUTDIR [OPTS...]
+#
+#   CONFIG  the training config (e.g. configs/vitl_384.yaml)
+#   NGPUS   GPUs per run; 0 runs on the CPU
+#   OUTDIR  holds model_final.pth; results go to OUTDIR/eval/<dataset>/ and OUTDIR/results.{md,json}
+#   OPTS    config overrides, applied last (e.g. MODEL.WEIGHTS other.pth TEST.LGA.STRIDE 128)
+#
+# Benchmarks whose data is not prepared are reported with the prepare command; the others still run.
+# Exit status: 0 if every benchmark ran, 1 if any is missing or failed, 2 on a usage error.
+# Environment: PYTHON (default: python), DETECTRON2_DATASETS (default: ./datasets),
+# TRAIN_NET (default: train_net.py beside this script).
+set -uo pipefail
+if [ $# -lt 3 ]; then
+  sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+  exit 2
+fi
+config=$1; ngpus=$2; out=$3; shift 3
+root=$(cd "$(dirname "$0")" && pwd)
+PYTHON=${PYTHON:-python}
+train_net=${TRAIN_NET:-$root/train_net.py}
+
+device=()
+gpus=$ngpus
+if [ "$ngpus" = "0" ]; then gpus=1; device=(MODEL.DEVICE cpu); fi
+if [ ! -f "$config" ]; then echo "eval.sh: config '$config' not found" >&2; exit 2; fi
+if [ ! -f "$out/model_final.pth" ] && [[ " $* " != *" MODEL.WEIGHTS "* ]]; then
+  echo "eval.sh: $out/model_final.pth not found (train first, or pass MODEL.WEIGHTS path/to.pth)" >&2
+  exit 2
+fi
+
+mkdir -p "$out/eval"
+available=$("$PYTHON" -m dinov3seg.tools.benchmarks check "$out") || exit 2
+for name in $available; do
+  dir=$out/eval/$name
+  rm -f "$dir/eval_results.json" "$dir/exit_code"
+  echo "=== $name (log: $dir/eval.log)"
+  "$PYTHON" "$train_net" --config-file "$config" --eval-only --num-gpus "$gpus" \
+    OUTPUT_DIR "$dir" MODEL.WEIGHTS "$out/model_final.pth" DATASETS.TEST "(\"$name\",)" TEST.LGA.ENABLED True \
+    "${device[@]}" "$@" > "$dir/eval.log" 2>&1
+  code=$?
+  grep "copypaste" "$dir/eval.log"
+  echo "$code" > "$dir/exit_code"
+  if [ "$code" != "0" ]; then
+    echo "--- $name failed (exit $code); last lines of $dir/eval.log:" >&2
+    tail -n 15 "$dir/eval.log" >&2
+  fi
+done
+"$PYTHON" -m dinov3seg.tools.benchmarks collect "$out"
