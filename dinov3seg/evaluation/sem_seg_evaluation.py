@@ -98,11 +98,13 @@ class OpenVocabSemSegEvaluator(SemSegEvaluator):
                 pred = np.minimum(pred, self._background)
             gt_file = self.input_file_to_gt_file[input["file_name"]]
             gt = read_label_map(gt_file)
-            gt[gt == self._ignore_label] = n
-            if gt.min() < 0 or gt.max() > n:
-                bad = np.unique(gt[(gt < 0) | (gt > n)])[:5].tolist()
+            ignore = gt == self._ignore_label
+            invalid = ~ignore & ((gt < 0) | (gt >= n))
+            if invalid.any():
+                bad = np.unique(gt[invalid])[:5].tolist()
                 raise ValueError(f"{gt_file}: label values {bad} are neither classes 0..{n - 1} nor the ignore "
                                  f"value {self._ignore_label}. Rerun the dataset's prepare script.")
+            gt[ignore] = n
             if pred.shape != gt.shape:
                 raise ValueError(f"{gt_file}: prediction {pred.shape} and label {gt.shape} differ in size")
             self._conf_matrix += np.bincount((n + 1) * pred.reshape(-1) + gt.reshape(-1),
