@@ -1,0 +1,211 @@
+"""Peak memory and time of inference against the vocabulary size T (issue 5, item 3).
+
+    # the whole quickstart model (LGA, all views of one 480x640 image; text embedding timed apart)
+    python -m dinov3seg.tools.vocab_benchmark model --config-file configs/quickstart.yaml
+    # the full-size head alone (ViT-L/SAM-L shapes, random inputs: one LGA batch of views)
+    python -m dinov3seg.tools.vocab_benchmark head --config-file configs/Base-DINOv3Seg.yaml
+
+Options: ``--classes 20 150 847 2000``, ``--chunk 0 64`` (MODEL.DINOV3SEG.CLASS_CHUNK_SIZE values to
+compare), ``--topk K`` (TEST.LGA.TOPK_CLASSES), ``--views V`` (head mode: views per batch; 5 = 2x2
+windows + global), ``--device cpu|cuda``, ``--opts KEY VALUE ...``.
+
+Peak memory is what the measured call adds on top of what was allocated before it: on CUDA
+``torch.cuda.max_memory_allocated``; on the CPU the growth of the process's peak resident set, so every
+(T, chunk) point runs in a fresh subprocess. Weights are random: time and memory do not depend on them.
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+DEFAULT_CLASSES = (20, 150, 847, 2000)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def measure(fn, device: torch.device):
+    """Run ``fn()`` once; returns (seconds, peak bytes added by the call)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize(device)
+        return time.perf_counter() - start, torch.cuda.max_memory_allocated(device) - base
+    base = _rss_bytes()
+    start = time.perf_counter()
+    fn()
+    seconds = time.perf_counter() - start
+    return seconds, max(0, _peak_rss_bytes() - base)
+
+
+def setup_cfg(args, chunk: int):
+    from detectron2.config import get_cfg
+
+    from dinov3seg.config import add_dinov3seg_config
+
+    cfg = get_cfg()
+    add_dinov3seg_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.MODEL.DINOV3SEG.CLASS_CHUNK_SIZE = chunk
+    cfg.TEST.LGA.TOPK_CLASSES = args.topk
+    cfg.MODEL.DEVICE = args.device
+    return cfg
+
+
+def class_names(num_classes: int):
+    return [f"object number {i}" for i in range(num_classes)]
+
+
+def run_model(args, num_classes: int, chunk: int) -> dict:
+    """The whole model on one random image: text embedding (uncached), then segmentation."""
+    from detectron2.modeling import build_model
+
+    import dinov3seg  # noqa: F401  (registers the model)
+
+    cfg = setup_cfg(args, chunk)
+    device = torch.device(args.device)
+    model = build_model(cfg).eval()
+    image = torch.randint(0, 256, (3, args.height, args.width), dtype=torch.uint8).float()
+    batch = [{"image": image, "height": args.height, "width": args.width}]
+    with torch.no_grad():
+        model.set_vocabulary(class_names(2))
+        model(batch)  # warm-up
+        model.set_vocabulary(class_names(num_classes))
+        text_s, text_peak = measure(lambda: model.text_embedder(model.test_class_names), device)
+        seg_s, seg_peak = measure(lambda: model(batch), device)  # text embeddings now cached
+    num_views = model.lga.make_views(image.to(device))[0].shape[0]
+    return {"text_s": text_s, "text_peak": text_peak, "seconds": seg_s, "peak": seg_peak, "views": num_views}
+
+
+def head_input_shape(cfg):
+    """The head's input shapes for a config (mirrors DINOv3Seg.from_config without building encoders)."""
+    from detectron2.layers import ShapeSpec
+
+    dim = cfg.MODEL.DINOV3.EMBED_DIM
+    stride = cfg.MODEL.ANYUP.OUTPUT_STRIDE if cfg.MODEL.ANYUP.ENABLED else 16
+    shape = {"patches": ShapeSpec(channels=dim, stride=stride), "text": ShapeSpec(channels=2 * dim)}
+    if cfg.MODEL.SAM.ENABLED:
+        sam_dim = {"vit_l": 1024, "vit_b": 768}.get(cfg.MODEL.SAM.VARIANT, cfg.MODEL.SAM.EMBED_DIM)
+        shape["guidance"] = ShapeSpec(channels=256, stride=16)  # SAM neck width
+        shape["decoder_guidance"] = ShapeSpec(channels=sam_dim, stride=16)
+    return shape
+
+
+def run_head(args, num_classes: int, chunk: int) -> dict:
+    """The head alone on one LGA batch of random encoder outputs."""
+    from detectron2.modeling import build_sem_seg_head
+
+    import dinov3seg  # noqa: F401  (registers the head)
+    from dinov3seg.modeling.text_embeddings import load_prompt_templates
+
+    cfg = setup_cfg(args, chunk)
+    device = torch.device(args.device)
+    shape = head_input_shape(cfg)
+    head = build_sem_seg_head(cfg, shape).to(device).eval()
+    grid = cfg.MODEL.DINOV3SEG.VIEW_SIZE // 16
+    side = grid * 16 // shape["patches"].stride
+    v = args.views
+    patches = torch.randn(v, shape["patches"].channels, side, side, device=device)
+    num_templates = len(load_prompt_templates(cfg.MODEL.DINOV3SEG.PROMPT_TEMPLATES))
+    text = torch.nn.functional.normalize(
+        torch.randn(num_classes, num_templates, shape["text"].channels, device=device), dim=-1
+    )
+    guidance = decoder_guidance = None
+    if "guidance" in shape:
+        guidance = torch.randn(v, shape["guidance"].channels, grid, grid, device=device)
+        decoder_guidance = [
+            torch.randn(v, shape["decoder_guidance"].channels, grid, grid, device=device)
+            for _ in cfg.MODEL.SAM.DECODER_GUIDANCE
+        ]
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if device.type == "cuda" and cfg.MODEL.DINOV3SEG.PRECISION == "bf16"
+        else torch.autocast("cpu", enabled=False)
+    )
+    with torch.no_grad(), autocast:
+        head(patches, text[:2], guidance, decoder_guidance, topk=0)  # warm-up
+        seconds, peak = measure(lambda: head(patches, text, guidance, decoder_guidance, topk=args.topk), device)
+    return {"seconds": seconds, "peak": peak, "views": v}
+
+
+def _worker(args) -> None:
+    run = run_model if args.mode == "model" else run_head
+    result = run(args, args.worker_classes, args.worker_chunk)
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.0f}"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", choices=["model", "head"])
+    parser.add_argument("--config-file", required=True)
+    parser.add_argument("--classes", type=int, nargs="+", default=list(DEFAULT_CLASSES))
+    parser.add_argument("--chunk", type=int, nargs="+", default=[0, 64], help="CLASS_CHUNK_SIZE values")
+    parser.add_argument("--topk", type=int, default=0, help="TEST.LGA.TOPK_CLASSES (0 = all classes)")
+    parser.add_argument("--views", type=int, default=5, help="head mode: views per batch")
+    parser.add_argument("--height", type=int, default=480, help="model mode: image height")
+    parser.add_argument("--width", type=int, default=640, help="model mode: image width")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", help="also write the table as JSON here")
+    parser.add_argument("--worker-classes", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-chunk", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+    args = parser.parse_args(argv)
+    if args.worker_classes is not None:
+        _worker(args)
+        return 0
+
+    rows = []
+    print(f"# vocab_benchmark {args.mode} {args.config_file} on {args.device} ({torch.get_num_threads()} threads)")
+    header = "| T | chunk | views | seconds | peak MiB |" + (" text s | text peak MiB |" if args.mode == "model" else "")
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
+    for num_classes in args.classes:
+        for chunk in args.chunk:
+            cmd = [sys.executable, "-m", "dinov3seg.tools.vocab_benchmark", args.mode,
+                   "--config-file", args.config_file, "--device", args.device, "--topk", str(args.topk),
+                   "--views", str(args.views), "--height", str(args.height), "--width", str(args.width),
+                   "--worker-classes", str(num_classes), "--worker-chunk", str(chunk)]
+            if args.opts:
+                cmd += ["--opts", *args.opts]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+            if proc.returncode != 0 or not lines:
+                tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+                print(f"| {num_classes} | {chunk} | failed: {' / '.join(tail)} |")
+                rows.append({"classes": num_classes, "chunk": chunk, "error": "\n".join(tail)})
+                continue
+            r = json.loads(lines[-1][len("RESULT "):])
+            r.update(classes=num_classes, chunk=chunk)
+            rows.append(r)
+            line = f"| {num_classes} | {chunk} | {r['views']} | {r['seconds']:.2f} | {_mib(r['peak'])} |"
+            if args.mode == "model":
+                line += f" {r['text_s']:.2f} | {_mib(r['text_peak'])} |"
+            print(line, flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"mode": args.mode, "config": args.config_file, "device": args.device,
+                       "topk": args.topk, "rows": rows}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
