@@ -38,25 +38,32 @@ def param_groups(model: nn.Module, cfg) -> List[dict]:
     return groups
 
 
+def with_full_model_clipping(optimizer_cls, max_norm: float):
+    """A subclass of ``optimizer_cls`` that clips the gradient norm of all its parameters together
+    to ``max_norm`` before each step."""
+
+    class FullModelClipping(optimizer_cls):
+        def step(self, closure=None):
+            params = itertools.chain.from_iterable(g["params"] for g in self.param_groups)
+            torch.nn.utils.clip_grad_norm_(params, max_norm)
+            return super().step(closure=closure)
+
+    FullModelClipping.__name__ = f"{optimizer_cls.__name__}FullModelClipping"
+    return FullModelClipping
+
+
 def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
-    """AdamW (or SGD) over ``param_groups``; with SOLVER.CLIP_GRADIENTS of type "full_model", the
+    """AdamW (or SGD) over ``param_groups``; with SOLVER.CLIP_GRADIENTS.CLIP_TYPE "full_model", the
     gradient norm of all parameters together is clipped to CLIP_VALUE before each step."""
     s = cfg.SOLVER
-    optimizers = {"ADAMW": lambda g: torch.optim.AdamW(g, s.BASE_LR),
-                  "SGD": lambda g: torch.optim.SGD(g, s.BASE_LR, momentum=s.MOMENTUM)}
-    if s.OPTIMIZER not in optimizers:
-        raise ValueError(f"SOLVER.OPTIMIZER must be one of {sorted(optimizers)}, got {s.OPTIMIZER!r}")
-    optimizer = optimizers[s.OPTIMIZER](param_groups(model, cfg))
+    kinds = {"ADAMW": (torch.optim.AdamW, {}), "SGD": (torch.optim.SGD, {"momentum": s.MOMENTUM})}
+    if s.OPTIMIZER not in kinds:
+        raise ValueError(f"SOLVER.OPTIMIZER must be one of {sorted(kinds)}, got {s.OPTIMIZER!r}")
+    optimizer_cls, extra = kinds[s.OPTIMIZER]
     clip = s.CLIP_GRADIENTS
-    if clip.ENABLED and clip.CLIP_TYPE == "full_model":
-        step = optimizer.step
-
-        def clipped_step(*args, **kwargs):
-            params = itertools.chain.from_iterable(g["params"] for g in optimizer.param_groups)
-            torch.nn.utils.clip_grad_norm_(params, clip.CLIP_VALUE)
-            return step(*args, **kwargs)
-
-        optimizer.step = clipped_step
-    elif clip.ENABLED:
-        raise ValueError(f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE must be 'full_model' for dinov3seg, got {clip.CLIP_TYPE!r}")
-    return optimizer
+    if clip.ENABLED:
+        if clip.CLIP_TYPE != "full_model":
+            raise ValueError(f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE must be 'full_model' for dinov3seg, "
+                             f"got {clip.CLIP_TYPE!r}")
+        optimizer_cls = with_full_model_clipping(optimizer_cls, clip.CLIP_VALUE)
+    return optimizer_cls(param_groups(model, cfg), s.BASE_LR, **extra)
