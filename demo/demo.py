@@ -19,6 +19,7 @@ import sys
 from typing import Dict, List, Sequence
 
 import numpy as np
+import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 
@@ -64,8 +65,6 @@ def setup_cfg(args):
         raise DemoError(f"config file '{args.config_file}' does not exist")
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
-    import torch
-
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.info("CUDA is not available: running on the CPU")
         cfg.MODEL.DEVICE = "cpu"

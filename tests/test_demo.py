@@ -232,3 +232,38 @@ def test_predictor_scores_at_image_size(config_file):
     assert scores.shape == (2, 30, 45)
     assert (predictor.segment(image) == 1).all()
     assert predictor.model.calls == 2  # one batch of views per image
+
+
+def test_demo_with_the_quickstart_model_and_a_checkpoint(tmp_path):
+    """The real DINOv3Seg of configs/quickstart.yaml: save a checkpoint of it, then run the demo with it
+    on the photo and on an image smaller than one window."""
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    from dinov3seg.config import add_dinov3seg_config
+
+    try:
+        from dinov3seg.checkpoint import DINOv3SegCheckpointer as Checkpointer
+    except ImportError:
+        from detectron2.checkpoint import DetectionCheckpointer as Checkpointer
+
+    config = str(ROOT / "configs" / "quickstart.yaml")
+    cfg = get_cfg()
+    add_dinov3seg_config(cfg)
+    cfg.merge_from_file(config)
+    cfg.MODEL.DEVICE = "cpu"
+    torch.manual_seed(0)
+    Checkpointer(build_model(cfg), save_dir=str(tmp_path)).save("quick")
+
+    small = tmp_path / "small.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8)).save(small)
+    out = tmp_path / "out"
+    status = demo.main(["--config-file", config, "--input", real_photo(tmp_path), str(small),
+                        "--vocabulary", "person, flag, hat, wall", "--output", str(out),
+                        "--opts", "MODEL.WEIGHTS", str(tmp_path / "quick.pth"), "MODEL.DEVICE", "cpu"])
+    assert status == 0
+    summary = json.loads((out / "results.json").read_text())
+    assert len(summary["images"]) == 2
+    for record in summary["images"].values():
+        assert abs(sum(record["pixel_shares"].values()) - 1) < 1e-4
+        assert Image.open(out / record["overlay"]).width > record["width"]
