@@ -1,0 +1,424 @@
+"""Parameters, FLOPs, latency and memory of DINOv3Seg at the paper's inference setting (issue 6).
+
+    python -m dinov3seg.tools.benchmark --config-file configs/vitl_384.yaml [--device cpu|cuda] [--classes 150]
+        [--image-size 512] [--runs 2] [--json OUT] [--sweep] [--params-only] [--opts KEY VALUE ...]
+
+Setting: one image through ``model([{"image": ...}])`` in eval mode under ``torch.inference_mode()``: Local-Global
+Aggregation as configured (paper: 640 canvas, 384 views, stride 256 -> 4 windows + 1 global view = 5 views in one
+batch), ``--classes`` class names (paper: 150, ADE-150), text embeddings cached (encoded once before timing; that
+one-time cost is reported apart). Weights are random ("" for every ``MODEL.*.WEIGHTS``): cost does not depend on
+their values. On CUDA the config's precision applies (bf16 autocast in vitl_384).
+
+Counting rule: FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` in one pass; a multiply-add is
+2 FLOPs. Counted: matmul / linear / bmm / einsum contractions, convolutions and transposed convolutions, and
+scaled-dot-product attention (2 matmuls; the CPU flash kernel is added here, torch counts the CUDA kernels).
+Not counted: element-wise ops, normalisations, softmax, activations, pooling, interpolation and the LGA stitching
+(memory-bound work, also ignored by fvcore and by the papers' tables).
+
+Per component (``count_params.COMPONENTS``): FLOPs and seconds are *exclusive* (the head's figure excludes the
+decoder it calls). "glue" is the rest of the image's total: input normalisation, LGA view cutting and merging,
+resizing SAM's input and outputs. Seconds per image are the median of ``--runs`` timed runs; the FLOP pass
+doubles as the warm-up (plus ``--warmup`` plain runs).
+
+Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` during a run (weights included; the part above the
+loaded model is reported too); on CPU, the peak resident set size (RSS, sampled every millisecond from
+/proc/self/statm) above the RSS before the run, i.e. the working memory of the run without the weights.
+"""
+import argparse
+import contextlib
+import json
+import math
+import os
+import statistics
+import sys
+import threading
+import time
+from typing import Callable, Dict, List, Optional
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+from .count_params import COMPONENTS, WEIGHT_KEYS, build_on_meta, count_params, format_params, setup_cfg
+
+PAPER = {
+    "params_total": 1.1e9,
+    "gflops_per_image": 4500.0,
+    "seconds_per_image_gpu": 0.37,
+    "others": {"OVSeg seconds_per_image_gpu": 1.31, "SCAN gflops_per_image": ">13,500"},
+}
+# Entry points of each component: (module path, method names). Methods that are not ``forward`` are the
+# ones the meta-architecture calls directly (the DINOv3 backbone via get_intermediate_layers).
+ENTRY_POINTS = {
+    "dinov3_backbone": ("dinotxt.backbone", ("forward", "get_intermediate_layers")),
+    "dinotxt_vision_head": ("dinotxt.vision_head", ("forward",)),
+    "text_tower": ("dinotxt.text", ("forward",)),
+    "anyup": ("anyup", ("forward",)),
+    "sam": ("sam", ("forward",)),
+    "head": ("sem_seg_head", ("forward",)),
+    "decoder": ("sem_seg_head.decoder", ("forward",)),
+}
+COMPONENT_NAMES = [c[0] for c in COMPONENTS] + ["glue"]
+
+
+def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def flop_counter() -> FlopCounterMode:
+    """FlopCounterMode that also counts CPU scaled-dot-product attention (torch counts only the GPU kernels)."""
+    mapping = {}
+    cpu_sdpa = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if cpu_sdpa is not None:
+        mapping[cpu_sdpa] = _cpu_sdpa_flops
+    return FlopCounterMode(display=False, custom_mapping=mapping)
+
+
+class ComponentProbe:
+    """Wraps the entry points of the model's components and accumulates exclusive seconds and FLOPs per component.
+
+    Nested calls are charged to the innermost component (the decoder's cost is not the head's); a component
+    re-entering itself (backbone.get_intermediate_layers -> blocks) is counted once.
+    """
+
+    def __init__(self, model: nn.Module, sync: Callable[[], None] = lambda: None):
+        self.sync = sync
+        self.counter: Optional[FlopCounterMode] = None
+        self.seconds: Dict[str, float] = {}
+        self.flops: Dict[str, int] = {}
+        self._stack: List[list] = []
+        self._patched = []
+        for name, (path, methods) in ENTRY_POINTS.items():
+            try:
+                module = model.get_submodule(path)
+            except AttributeError:
+                continue  # component disabled in this config
+            for method in methods:
+                if hasattr(module, method):
+                    original = getattr(module, method)
+                    setattr(module, method, self._wrap(name, original))
+                    self._patched.append((module, method))
+        self.reset()
+
+    def reset(self):
+        self.seconds = {n: 0.0 for n in ENTRY_POINTS}
+        self.flops = {n: 0 for n in ENTRY_POINTS}
+
+    def _now_flops(self) -> int:
+        return self.counter.get_total_flops() if self.counter is not None else 0
+
+    def _wrap(self, name: str, fn: Callable) -> Callable:
+        def wrapped(*args, **kwargs):
+            if self._stack and self._stack[-1][0] == name:
+                return fn(*args, **kwargs)
+            self.sync()
+            self._stack.append([name, time.perf_counter(), self._now_flops(), 0.0, 0])
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.sync()
+                _, t0, f0, child_t, child_f = self._stack.pop()
+                seconds, flops = time.perf_counter() - t0, self._now_flops() - f0
+                self.seconds[name] += seconds - child_t
+                self.flops[name] += flops - child_f
+                if self._stack:
+                    self._stack[-1][3] += seconds
+                    self._stack[-1][4] += flops
+        return wrapped
+
+    def close(self):
+        for module, method in self._patched:
+            delattr(module, method)  # the instance attribute hid the class method
+        self._patched = []
+
+
+class PeakMemory:
+    """Peak memory of a block of work: CUDA max allocated, or peak RSS above the starting RSS on CPU."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.peak = self.above_model = 0
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+        else:
+            self._base = self._max = self._rss()
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.001):
+            self._max = max(self._max, self._rss())
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated(self.device)
+            self.above_model = self.peak - self._base
+        else:
+            self._stop.set()
+            self._thread.join()
+            self._max = max(self._max, self._rss())
+            self.peak = self.above_model = self._max - self._base
+
+
+def build_model(cfg, device: torch.device) -> nn.Module:
+    from detectron2.modeling import build_model as d2_build
+
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.merge_from_list([x for key in WEIGHT_KEYS for x in (key, "")] + ["MODEL.DEVICE", str(device)])
+    model = d2_build(cfg)
+    model.eval()
+    return model
+
+
+def class_names(n: int) -> List[str]:
+    return [f"class number {i}" for i in range(n)]
+
+
+def _sync(device: torch.device) -> Callable[[], None]:
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+
+
+def encode_vocabulary(model: nn.Module, names: List[str], device: torch.device) -> Dict[str, float]:
+    """One-time cost of encoding a vocabulary with the text tower (the in-memory cache is cleared first)."""
+    model.text_embedder.clear_cache()
+    sync = _sync(device)
+    with torch.inference_mode(), flop_counter() as counter, model._autocast():
+        sync()
+        t0 = time.perf_counter()
+        model.text_embedder(names)
+        sync()
+        seconds = time.perf_counter() - t0
+    return {"classes": len(names), "templates": model.text_embedder.num_templates,
+            "gflops": counter.get_total_flops() / 1e9, "seconds": seconds}
+
+
+def run_image(model: nn.Module, image: torch.Tensor) -> None:
+    with torch.inference_mode():
+        model([{"image": image, "height": image.shape[-2], "width": image.shape[-1]}])
+
+
+def measure(model: nn.Module, image: torch.Tensor, device: torch.device, runs: int, warmup: int,
+            count_flops: bool = True) -> dict:
+    """FLOPs (one counted pass, also the first warm-up), then ``runs`` timed runs; per-component breakdown."""
+    sync = _sync(device)
+    probe = ComponentProbe(model, sync)
+    try:
+        result = {}
+        if count_flops:
+            with flop_counter() as counter:
+                probe.counter = counter
+                run_image(model, image)
+            probe.counter = None
+            total = counter.get_total_flops()
+            result["flops"] = dict(probe.flops, glue=total - sum(probe.flops.values()), total=total)
+        for _ in range(warmup):
+            run_image(model, image)
+        times, memories, breakdown = [], [], []
+        for _ in range(runs):
+            probe.reset()
+            with PeakMemory(device) as memory:
+                sync()
+                t0 = time.perf_counter()
+                run_image(model, image)
+                sync()
+                seconds = time.perf_counter() - t0
+            times.append(seconds)
+            memories.append(memory)
+            breakdown.append(dict(probe.seconds, glue=seconds - sum(probe.seconds.values())))
+        result["seconds"] = statistics.median(times)
+        result["seconds_all"] = times
+        result["component_seconds"] = {k: statistics.median(b[k] for b in breakdown) for k in breakdown[0]}
+        result["peak_memory_bytes"] = max(m.peak for m in memories)
+        result["peak_memory_above_model_bytes"] = max(m.above_model for m in memories)
+        return result
+    finally:
+        probe.close()
+
+
+def num_views(model: nn.Module, image: torch.Tensor) -> int:
+    return model.lga.make_views(image.to(model.device))[0].shape[0]
+
+
+def random_image(height: int, width: int, device: torch.device) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    return (torch.rand(3, height, width, generator=generator) * 255).to(device)
+
+
+def benchmark(cfg, device: torch.device, classes: int, image_size, runs: int, warmup: int) -> dict:
+    """The full report of one config (see the module doc); JSON-serialisable."""
+    torch.manual_seed(0)
+    model = build_model(cfg, device)
+    params = count_params(model)
+    names = class_names(classes)
+    model.set_vocabulary(names)
+    vocabulary = encode_vocabulary(model, names, device)
+    image = random_image(*image_size, device)
+    measured = measure(model, image, device, runs, warmup)
+    components = {}
+    for name in COMPONENT_NAMES:
+        row = params.get(name, {"total": 0, "trainable": 0})
+        components[name] = {
+            "params": row["total"], "params_trainable": row["trainable"],
+            "gflops_per_image": measured["flops"].get(name, 0) / 1e9,
+            "seconds_per_image": measured["component_seconds"].get(name, 0.0),
+        }
+    components["text_tower"]["note"] = "cached; per-vocabulary cost in 'vocabulary_encoding'"
+    return {
+        "config": cfg.get("_config_file", ""),
+        "device": device_description(device),
+        "precision": cfg.MODEL.DINOV3SEG.PRECISION if device.type == "cuda" else "fp32",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "setting": {"image": list(image_size), "classes": classes, "views": num_views(model, image),
+                    "view_size": cfg.MODEL.DINOV3SEG.VIEW_SIZE, "lga_canvas": cfg.TEST.LGA.CANVAS,
+                    "lga_stride": cfg.TEST.LGA.STRIDE, "class_chunk_size": cfg.MODEL.DINOV3SEG.CLASS_CHUNK_SIZE,
+                    "runs": runs, "warmup": warmup},
+        "params_total": params["all"]["total"],
+        "params_trainable": params["all"]["trainable"],
+        "gflops_per_image": measured["flops"]["total"] / 1e9,
+        "seconds_per_image": measured["seconds"],
+        "seconds_all_runs": measured["seconds_all"],
+        "peak_memory_bytes": measured["peak_memory_bytes"],
+        "peak_memory_above_model_bytes": measured["peak_memory_above_model_bytes"],
+        "peak_memory_rule": ("torch.cuda.max_memory_allocated (weights included)" if device.type == "cuda" else
+                             "peak RSS above the RSS before the run (sampled every 1 ms; weights excluded)"),
+        "flop_rule": "torch FlopCounterMode, multiply-add = 2 FLOPs; matmul/conv/SDPA only (see module doc)",
+        "vocabulary_encoding": vocabulary,
+        "components": components,
+        "paper": PAPER,
+    }
+
+
+def sweep(cfg, device: torch.device, class_counts: List[int], sizes: List[int], runs: int,
+          default_classes: int, chunk: int) -> dict:
+    """Time and memory vs the number of classes (image 512) and vs the image's short side (canvas = short side)."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    if not cfg.MODEL.DINOV3SEG.CLASS_CHUNK_SIZE:
+        cfg.MODEL.DINOV3SEG.CLASS_CHUNK_SIZE = chunk
+    rows = {"class_chunk_size": cfg.MODEL.DINOV3SEG.CLASS_CHUNK_SIZE, "classes": [], "image_short_side": []}
+    model = build_model(cfg, device)
+    image = random_image(512, 512, device)
+    for t in class_counts:
+        model.set_vocabulary(class_names(t))
+        encode_vocabulary(model, class_names(t), device)
+        m = measure(model, image, device, runs, warmup=1 if device.type == "cuda" else 0, count_flops=False)
+        rows["classes"].append({"classes": t, "seconds": m["seconds"], "peak_memory_bytes": m["peak_memory_bytes"]})
+        print(_sweep_line(f"T={t}", m), flush=True)
+    # Canvas follows the short side (keep aspect), so the number of LGA windows grows with the image.
+    model.set_vocabulary(class_names(default_classes))
+    for side in sizes:
+        model.lga.canvas, model.lga.keep_aspect = side, True
+        image = random_image(side, side * 4 // 3, device)
+        m = measure(model, image, device, runs, warmup=1 if device.type == "cuda" else 0, count_flops=False)
+        row = {"short_side": side, "image": list(image.shape[-2:]), "views": num_views(model, image),
+               "seconds": m["seconds"], "peak_memory_bytes": m["peak_memory_bytes"]}
+        rows["image_short_side"].append(row)
+        print(_sweep_line(f"short side {side} ({row['views']} views)", m), flush=True)
+    return rows
+
+
+def _sweep_line(label: str, m: dict) -> str:
+    return f"  {label:<28} {m['seconds']:9.3f} s/image   peak {m['peak_memory_bytes'] / 2**20:10.1f} MiB"
+
+
+def device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = "cpu"
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    return f"{cpu}, {torch.get_num_threads()} threads"
+
+
+def format_report(r: dict) -> str:
+    s = r["setting"]
+    lines = [f"dinov3seg benchmark: {r['config']} on {r['device']} ({r['precision']}), torch {r['torch']}",
+             f"setting: image {s['image'][0]}x{s['image'][1]}, LGA canvas {s['lga_canvas']} stride {s['lga_stride']}"
+             f" -> {s['views']} views of {s['view_size']}, {s['classes']} classes (text cached), "
+             f"median of {s['runs']} runs",
+             f"{'component':<22}{'params':>15}{'trainable':>13}{'GFLOPs/img':>13}{'%':>6}{'s/img':>10}{'%':>6}"]
+    total_f, total_s = r["gflops_per_image"], r["seconds_per_image"]
+    for name, c in r["components"].items():
+        lines.append(f"{name:<22}{c['params']:>15,}{c['params_trainable']:>13,}{c['gflops_per_image']:>13.1f}"
+                     f"{100 * c['gflops_per_image'] / max(total_f, 1e-12):>6.1f}{c['seconds_per_image']:>10.3f}"
+                     f"{100 * c['seconds_per_image'] / max(total_s, 1e-12):>6.1f}")
+    lines.append(f"{'total':<22}{r['params_total']:>15,}{r['params_trainable']:>13,}{total_f:>13.1f}{100:>6}"
+                 f"{total_s:>10.3f}{100:>6}")
+    trainable = ("head", "decoder", "glue")
+    share_f = sum(r["components"][n]["gflops_per_image"] for n in trainable) / max(total_f, 1e-12)
+    share_s = sum(r["components"][n]["seconds_per_image"] for n in trainable) / max(total_s, 1e-12)
+    v = r["vocabulary_encoding"]
+    lines += [
+        f"head + decoder + glue: {100 * share_f:.1f} % of FLOPs, {100 * share_s:.1f} % of time (target <= 25 %)",
+        f"peak memory: {r['peak_memory_bytes'] / 2**20:.1f} MiB ({r['peak_memory_rule']})",
+        f"vocabulary encoding (once): {v['classes']} classes x {v['templates']} templates: "
+        f"{v['gflops']:.1f} GFLOPs, {v['seconds']:.3f} s",
+        f"FLOPs: {r['flop_rule']}",
+        "paper: ~1.1 B params, ~4,500 GFLOPs/image, 0.37 s/image on GPU (OVSeg 1.31 s; SCAN >13,500 GFLOPs)",
+        f"ours:  {r['params_total'] / 1e9:.3f} B params, {total_f:,.0f} GFLOPs/image, {total_s:.3f} s/image "
+        f"on {r['device']}",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", default="configs/vitl_384.yaml")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--classes", type=int, default=150, help="vocabulary size (paper: 150)")
+    parser.add_argument("--image-size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"))
+    parser.add_argument("--runs", type=int, default=2, help="timed runs; the median is reported")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="plain warm-up runs after the FLOP pass (default: 0 on CPU, 2 on CUDA)")
+    parser.add_argument("--json", default="", help="write the report (and sweep) to this JSON file")
+    parser.add_argument("--params-only", action="store_true", help="only count parameters (meta device, instant)")
+    parser.add_argument("--sweep", action="store_true", help="also time vs classes and vs image size")
+    parser.add_argument("--sweep-classes", type=int, nargs="+", default=[20, 150, 847, 2000])
+    parser.add_argument("--sweep-sizes", type=int, nargs="+", default=[512, 1024, 2048])
+    parser.add_argument("--sweep-chunk", type=int, default=128,
+                        help="MODEL.DINOV3SEG.CLASS_CHUNK_SIZE for the sweep when the config leaves it 0")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE ...")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = setup_cfg(args.config_file, args.opts)
+    cfg.defrost()
+    cfg._config_file = args.config_file
+    if args.params_only:
+        print(format_params(count_params(build_on_meta(cfg))))
+        return 0
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device available")
+    warmup = args.warmup if args.warmup is not None else (2 if device.type == "cuda" else 0)
+    report = benchmark(cfg, device, args.classes, tuple(args.image_size), args.runs, warmup)
+    print(format_report(report), flush=True)
+    if args.sweep:
+        print("sweep (time and peak memory per image):")
+        report["sweep"] = sweep(cfg, device, args.sweep_classes, args.sweep_sizes, args.runs, args.classes,
+                                args.sweep_chunk)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1, default=lambda x: x if not isinstance(x, float) or math.isfinite(x)
+                      else None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
