@@ -2,7 +2,6 @@
 conversions, and the clear refusals of bad inputs."""
 import importlib.util
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +40,8 @@ class DemoColorSegmenter(nn.Module):
 
     @classmethod
     def from_config(cls, cfg):
-        return {"lga": LocalGlobalAggregation(cfg), "pixel_mean": cfg.MODEL.PIXEL_MEAN, "pixel_std": cfg.MODEL.PIXEL_STD}
+        return {"lga": LocalGlobalAggregation(cfg), "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+                "pixel_std": cfg.MODEL.PIXEL_STD}
 
     def set_vocabulary(self, class_names):
         self.class_names = list(class_names)

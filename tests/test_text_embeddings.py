@@ -50,7 +50,8 @@ def frozen(module):
 
 
 def embedder(tower=None, **kw):
-    return TextEmbedder(text_encoder=tower if tower is not None else frozen(ToyTextTower()), tokenizer=toy_tokenizer, **kw)
+    tower = tower if tower is not None else frozen(ToyTextTower())
+    return TextEmbedder(text_encoder=tower, tokenizer=toy_tokenizer, **kw)
 
 
 def reference(tower, name, template):

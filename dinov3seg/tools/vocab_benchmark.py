@@ -175,7 +175,9 @@ def main(argv=None) -> int:
 
     rows = []
     print(f"# vocab_benchmark {args.mode} {args.config_file} on {args.device} ({torch.get_num_threads()} threads)")
-    header = "| T | chunk | views | seconds | peak MiB |" + (" text s | text peak MiB |" if args.mode == "model" else "")
+    header = "| T | chunk | views | seconds | peak MiB |"
+    if args.mode == "model":
+        header += " text s | text peak MiB |"
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for num_classes in args.classes:
