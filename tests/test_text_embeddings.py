@@ -153,6 +153,18 @@ def test_no_cache_while_training_a_tuned_tower():
     assert tower.proj.weight.grad is not None and tower.proj.weight.grad.abs().sum() > 0
 
 
+def test_cached_under_inference_mode_then_used_in_training():
+    e = embedder()
+    with torch.inference_mode():
+        cached = e(["cat"])
+    weight = nn.Parameter(torch.ones(6))
+    out = e(["cat"])  # same weights: a cache hit, usable in a graph
+    assert e.num_encoder_calls == 1 and not out.is_inference()
+    torch.testing.assert_close(out, cached)
+    (out * weight).sum().backward()
+    assert weight.grad is not None
+
+
 def test_disk_cache(tmp_path):
     cache = tmp_path / "text_cache"
     e1 = embedder(cache_dir=str(cache))

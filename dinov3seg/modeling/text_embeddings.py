@@ -336,8 +336,13 @@ class TextEmbedder(nn.Module):
             self._cache.clear()  # the text weights changed: every cached vocabulary is stale
             self._cache_fingerprint = fingerprint
         if key in self._cache:
-            self._cache[key] = self._cache.pop(key)  # most recently used last
-            return self._cache[key]
+            embeddings = self._cache.pop(key)
+            if embeddings.is_inference() and not torch.is_inference_mode_enabled():
+                # Made under torch.inference_mode(): such tensors cannot join an autograd graph
+                # (e.g. training with the frozen tower after an evaluation); a clone can.
+                embeddings = embeddings.clone()
+            self._cache[key] = embeddings  # most recently used last
+            return embeddings
 
         embeddings = None
         path = self._disk_path(key[0]) if self.cache_dir else None
