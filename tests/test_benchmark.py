@@ -1,0 +1,68 @@
+"""Smoke test of tools/benchmark on the tiny quickstart config (the benchmark itself is not a timed test)."""
+import json
+
+import pytest
+import torch
+
+from dinov3seg.tools import benchmark
+
+TINY = ["--config-file", "configs/quickstart.yaml", "--classes", "3", "--image-size", "96", "128", "--runs", "1"]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "report.json"
+    assert benchmark.main(TINY + ["--json", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+def test_json_has_the_issue_keys(report):
+    for key in ("params_total", "gflops_per_image", "seconds_per_image", "peak_memory_bytes", "components"):
+        assert key in report
+    assert set(report["components"]) == set(benchmark.COMPONENT_NAMES)
+    for row in report["components"].values():
+        assert {"params", "params_trainable", "gflops_per_image", "seconds_per_image"} <= set(row)
+    assert report["setting"]["views"] == 5  # canvas 192, view 128, stride 64: 2x2 windows + 1 global
+    assert report["seconds_per_image"] > 0 and report["peak_memory_bytes"] >= 0
+    assert report["vocabulary_encoding"]["classes"] == 3
+
+
+def test_component_figures_sum_to_the_total(report):
+    rows = report["components"].values()
+    assert sum(r["gflops_per_image"] for r in rows) == pytest.approx(report["gflops_per_image"], rel=1e-9)
+    assert sum(r["params"] for r in rows) <= report["params_total"]  # "other" (logit_scale) has no row
+    assert report["params_total"] - sum(r["params"] for r in rows) <= 1
+    assert sum(r["seconds_per_image"] for r in rows) == pytest.approx(report["seconds_per_image"], rel=1e-6)
+    flops = {k: r["gflops_per_image"] for k, r in report["components"].items()}
+    assert flops["text_tower"] == 0  # cached
+    for name in ("dinov3_backbone", "dinotxt_vision_head", "anyup", "sam", "head", "decoder"):
+        assert flops[name] > 0, name
+
+
+def test_flop_counter_counts_cpu_attention():
+    q = torch.randn(2, 3, 10, 8)
+    with benchmark.flop_counter() as counter:
+        torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    assert counter.get_total_flops() == 2 * (2 * 2 * 3 * 10 * 10 * 8)  # two matmuls, multiply-add = 2
+
+
+def test_probe_restores_the_model():
+    model = torch.nn.Module()
+    model.sem_seg_head = torch.nn.Linear(2, 2)
+    probe = benchmark.ComponentProbe(model)
+    assert "forward" in vars(model.sem_seg_head)
+    model.sem_seg_head(torch.ones(1, 2))
+    assert probe.seconds["head"] > 0
+    probe.close()
+    assert "forward" not in vars(model.sem_seg_head)
+
+
+def test_sweep_and_params_only(tmp_path, capsys):
+    out = tmp_path / "sweep.json"
+    assert benchmark.main(TINY + ["--sweep", "--sweep-classes", "2", "5", "--sweep-sizes", "128",
+                                  "--sweep-chunk", "2", "--json", str(out)]) == 0
+    sweep = json.loads(out.read_text())["sweep"]
+    assert [r["classes"] for r in sweep["classes"]] == [2, 5]
+    assert sweep["class_chunk_size"] == 2 and sweep["image_short_side"][0]["views"] >= 1
+    assert benchmark.main(["--config-file", "configs/quickstart.yaml", "--params-only"]) == 0
+    assert "paper: ~1.1 B" in capsys.readouterr().out
