@@ -64,7 +64,13 @@ def setup_cfg(args):
     if not os.path.isfile(args.config_file):
         raise DemoError(f"config file '{args.config_file}' does not exist")
     cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    try:
+        cfg.merge_from_list(args.opts)
+    except (KeyError, ValueError, AssertionError) as e:
+        raise DemoError(f"bad --opts {' '.join(args.opts)}: {e}") from None
+    weights = cfg.MODEL.WEIGHTS
+    if weights and "://" not in weights and not os.path.isfile(weights):
+        raise DemoError(f"MODEL.WEIGHTS '{weights}' does not exist (train one with train_net.py, or give its path)")
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.info("CUDA is not available: running on the CPU")
         cfg.MODEL.DEVICE = "cpu"

@@ -188,6 +188,15 @@ def test_bad_vocabulary_is_refused(config_file, tmp_path, capsys, args, message)
     assert message in capsys.readouterr().err
 
 
+def test_missing_weights_and_bad_opts(config_file, tmp_path, capsys):
+    photo = real_photo(tmp_path)
+    common = ["--input", photo, "--vocabulary", "cat", "--output", str(tmp_path / "o"), "--opts"]
+    assert run_demo(config_file, *common, "MODEL.WEIGHTS", str(tmp_path / "nope.pth")) == 2
+    assert "MODEL.WEIGHTS" in capsys.readouterr().err
+    assert run_demo(config_file, *common, "MODEL.NO_SUCH_KEY", "1") == 2
+    assert "bad --opts" in capsys.readouterr().err
+
+
 def test_no_input_matched_and_single_unreadable(config_file, tmp_path, capsys, caplog):
     assert run_demo(config_file, "--input", str(tmp_path / "*.jpg"), "--vocabulary", "cat",
                     "--output", str(tmp_path / "o")) == 2
