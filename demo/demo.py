@@ -78,7 +78,9 @@ def setup_cfg(args):
     return cfg
 
 
-def _check_user_vocabulary(names: List[str], source: str) -> List[str]:
+def _check_user_vocabulary(names: List[str], source: str, shared_synonyms_ok: bool = False) -> List[str]:
+    """Refuse empty or duplicate names; a synonym shared by two classes is refused too, or only
+    warned about with ``shared_synonyms_ok`` (benchmark lists such as ADE-847 have some)."""
     if not names:
         raise DemoError(f"{source} is empty: give at least one class name")
     try:
@@ -90,10 +92,10 @@ def _check_user_vocabulary(names: List[str], source: str) -> List[str]:
         for synonym in split_synonyms(name):
             key = synonym.lower()
             if key in owner and owner[key] != name:
-                raise DemoError(
-                    f"{source}: '{synonym}' is in two classes ('{owner[key]}' and '{name}'); "
-                    "each name may appear in one class only"
-                )
+                message = f"{source}: '{synonym}' is in two classes ('{owner[key]}' and '{name}')"
+                if not shared_synonyms_ok:
+                    raise DemoError(f"{message}; each name may appear in one class only")
+                logger.warning(message)
             owner[key] = name
     return names
 
@@ -126,7 +128,7 @@ def read_vocabulary_file(path: str) -> List[str]:
         names = [n.strip() for n in names]
     else:
         names = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
-    return _check_user_vocabulary(names, source)
+    return _check_user_vocabulary(names, source, shared_synonyms_ok=True)
 
 
 def dataset_vocabulary(name: str) -> List[str]:

@@ -156,6 +156,9 @@ def test_vocabulary_sources(config_file, tmp_path):
     js = tmp_path / "v.json"
     js.write_text(json.dumps(["red", "blue"]))
     assert demo.read_vocabulary_file(str(js)) == ["red", "blue"]
+    ade847 = ROOT / "datasets" / "ade847.json"
+    if ade847.is_file():  # a benchmark list with synonyms shared by classes: accepted from a file
+        assert len(demo.read_vocabulary_file(str(ade847))) == 847
 
     name = "demo_test_colors_val_sem_seg"
     if name not in DatasetCatalog.list():
