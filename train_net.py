@@ -13,12 +13,13 @@ import dinov3seg  # noqa: F401  (registers the model and datasets; numpy/Pillow 
 import detectron2.utils.comm as comm
 from detectron2.config import get_cfg
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils.logger import setup_logger
 from dinov3seg import add_dinov3seg_config
 from dinov3seg.checkpoint import DINOv3SegCheckpointer
 from dinov3seg.data import SemSegDatasetMapper, load_class_names
+from dinov3seg.engine import launch
 from dinov3seg.evaluation import build_evaluator
 from dinov3seg.solver import build_optimizer
 
@@ -94,5 +95,6 @@ def main(args):
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
     print("Command Line Args:", args)
+    # Without CUDA, --num-gpus N starts N CPU processes (gloo) instead.
     launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
            dist_url=args.dist_url, args=(args,))

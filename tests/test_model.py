@@ -1,0 +1,225 @@
+"""The dinov3.seg model end to end at quickstart size: shapes, loss, chunking, configs, errors."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import dinov3seg  # noqa: F401
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+from dinov3seg import add_dinov3seg_config
+from dinov3seg.checkpoint import DINOv3SegCheckpointer
+from dinov3seg.modeling.loss import sem_seg_bce_loss
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def quickstart_cfg(*opts):
+    cfg = get_cfg()
+    add_dinov3seg_config(cfg)
+    cfg.merge_from_file(str(REPO / "configs/quickstart.yaml"))
+    cfg.merge_from_list(list(opts))
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model(quickstart_cfg())
+
+
+def batch(b, t, size=128, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [{"image": torch.randint(0, 256, (3, size, size), generator=g).float(),
+             "sem_seg": torch.randint(0, t, (size, size), generator=g)} for _ in range(b)]
+
+
+def names(t):
+    return [f"class {i}" for i in range(t)]
+
+
+@pytest.mark.parametrize("b,t", [(1, 1), (2, 5), (3, 40)])
+def test_views_give_logits_per_class_at_quarter_resolution(model, b, t):
+    model.eval()
+    with torch.no_grad():
+        text = model.text_embedder(names(t))
+        logits = model.segment_views(torch.randn(b, 3, 128, 128), text)
+    assert logits.shape == (b, t, 32, 32)
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("t", [1, 7])
+def test_training_loss_backpropagates_to_the_head_only_and_tuned_text(model, t):
+    model.train()
+    model.train_class_names = names(t)
+    model.zero_grad()
+    loss = model(batch(2, t))["loss_sem_seg"]
+    loss.backward()
+    assert loss.ndim == 0 and loss.item() > 0
+    assert all(p.grad is not None for p in model.sem_seg_head.parameters())
+    assert all(p.grad is None for p in model.dinotxt.backbone.parameters())
+    assert all(p.grad is None for p in model.sam.parameters())
+    assert model.dinotxt.text.head["linear_projection"].weight.grad is not None  # TEXT_FINETUNE full
+    model.eval()
+
+
+@pytest.mark.parametrize("height,width,t", [(150, 170, 3), (96, 300, 12), (64, 64, 1)])
+def test_inference_returns_scores_at_the_requested_size(model, height, width, t):
+    model.eval()
+    model.set_vocabulary(names(t))
+    with torch.no_grad():
+        out = model([{"image": torch.randint(0, 256, (3, height, width)).float(), "height": 2 * height,
+                      "width": width}])
+    assert out[0]["sem_seg"].shape == (t, 2 * height, width)
+    assert ((out[0]["sem_seg"] >= 0) & (out[0]["sem_seg"] <= 1)).all()  # averaged probabilities
+
+
+def test_class_chunks_do_not_change_the_logits():
+    torch.manual_seed(0)
+    full = build_model(quickstart_cfg("MODEL.DINOV3SEG.CLASS_CHUNK_SIZE", 0)).eval()
+    for attention in ("linear", "full"):
+        torch.manual_seed(1)
+        a = build_model(quickstart_cfg("MODEL.DINOV3SEG.CLASS_ATTENTION", attention)).eval()
+        torch.manual_seed(1)
+        b = build_model(quickstart_cfg("MODEL.DINOV3SEG.CLASS_ATTENTION", attention,
+                                       "MODEL.DINOV3SEG.CLASS_CHUNK_SIZE", 7)).eval()
+        assert b.sem_seg_head.class_chunk_size == 7
+        b.load_state_dict(a.state_dict())
+        views = torch.randn(2, 3, 128, 128)
+        with torch.no_grad():
+            text = a.text_embedder(names(23))
+            torch.testing.assert_close(b.segment_views(views, text), a.segment_views(views, text),
+                                       atol=1e-5, rtol=1e-5)
+    assert full.sem_seg_head.class_chunk_size == 0
+
+
+def test_topk_pruning_keeps_k_classes_and_marks_the_rest(model):
+    model.eval()
+    model.topk_classes = 4
+    try:
+        with torch.no_grad():
+            text = model.text_embedder(names(10))
+            logits = model.segment_views(torch.randn(2, 3, 128, 128), text)
+    finally:
+        model.topk_classes = 0
+    pruned = (logits == -100.0).all(dim=(2, 3))
+    assert pruned.sum(dim=1).tolist() == [6, 6]
+
+
+def striped_batch(b, t, size=128):
+    """Images of t vertical bands with distinct colours; each band's label is its index."""
+    band = torch.arange(size) * t // size
+    colours = torch.linspace(30, 220, t)[:, None] * torch.tensor([1.0, 0.4, 0.8])[None]
+    image = colours[band].T[:, None, :].expand(3, size, size)
+    return [{"image": image.clone(), "sem_seg": band[None, :].expand(size, size).clone()} for _ in range(b)]
+
+
+def test_loss_falls_when_overfitting_one_batch():
+    torch.manual_seed(0)
+    model = build_model(quickstart_cfg()).train()
+    model.train_class_names = names(3)
+    data = striped_batch(2, 3)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=2e-3)
+    losses = []
+    for _ in range(20):
+        loss = model(data)["loss_sem_seg"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_bce_loss_excludes_ignore_pixels_unless_asked():
+    logits = torch.zeros(1, 2, 1, 2)
+    logits[0, 0, 0, 1] = 50.0  # a confident class-0 logit on the ignored pixel
+    targets = torch.tensor([[[1, 255]]])
+    excluded = sem_seg_bce_loss(logits, targets, 255)
+    as_negative = sem_seg_bce_loss(logits, targets, 255, ignore_as_negative=True)
+    assert excluded.item() == pytest.approx(torch.log(torch.tensor(2.0)).item(), rel=1e-5)
+    assert as_negative.item() > 10 * excluded.item()
+    with pytest.raises(ValueError, match="must lie in"):
+        sem_seg_bce_loss(logits, torch.tensor([[[2, 0]]]), 255)
+
+
+def test_checkpoint_holds_only_trainable_state_and_round_trips(model, tmp_path):
+    DINOv3SegCheckpointer(model, save_dir=str(tmp_path)).save("ckpt")
+    saved = torch.load(tmp_path / "ckpt.pth", weights_only=True)["model"]
+    assert all(not k.startswith(("anyup.", "sam.", "dinotxt.backbone.")) for k in saved)
+    assert any(k.startswith("sem_seg_head.") for k in saved)
+    assert any(k.startswith("dinotxt.text.") for k in saved)  # tuned in the quickstart
+    torch.manual_seed(123)
+    other = build_model(quickstart_cfg())
+    DINOv3SegCheckpointer(other).load(str(tmp_path / "ckpt.pth"))
+    for k, v in saved.items():
+        torch.testing.assert_close(other.state_dict()[k], v)
+    saved.pop(next(iter(saved)))
+    torch.save({"model": saved}, tmp_path / "broken.pth")
+    with pytest.raises(KeyError, match="missing"):
+        DINOv3SegCheckpointer(other).load(str(tmp_path / "broken.pth"))
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml")))
+def test_every_config_loads(path):
+    cfg = get_cfg()
+    add_dinov3seg_config(cfg)
+    cfg.merge_from_file(str(REPO / path))
+    assert cfg.MODEL.META_ARCHITECTURE == "DINOv3Seg"
+
+
+def test_paper_config_holds_the_recipe():
+    cfg = get_cfg()
+    add_dinov3seg_config(cfg)
+    cfg.merge_from_file(str(REPO / "configs/vitl_384.yaml"))
+    s = cfg.SOLVER
+    assert (s.MAX_ITER, s.IMS_PER_BATCH, s.BASE_LR, s.ENCODER_LR_MULTIPLIER) == (80000, 4, 2e-4, 0.01)
+    assert (s.OPTIMIZER, s.LR_SCHEDULER_NAME, s.WEIGHT_DECAY, s.CLIP_GRADIENTS.CLIP_VALUE) == \
+        ("ADAMW", "WarmupCosineLR", 1e-4, 0.01)
+    assert cfg.INPUT.CROP.SIZE == (384, 384) and cfg.DATASETS.TRAIN == ("coco_2017_train_stuff_sem_seg",)
+    assert cfg.MODEL.DINOV3SEG.TEXT_CHANNELS == ["local", "global"] and cfg.TEST.LGA.ENABLED
+
+
+def test_unknown_class_json_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="TRAIN_CLASS_JSON.*does not exist"):
+        build_model(quickstart_cfg("MODEL.DINOV3SEG.TRAIN_CLASS_JSON", str(tmp_path / "nope.json")))
+
+
+def test_zero_classes_is_a_clear_error(tmp_path):
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps([]))
+    with pytest.raises(ValueError, match="zero classes"):
+        build_model(quickstart_cfg("MODEL.DINOV3SEG.TEST_CLASS_JSON", str(empty)))
+
+
+def test_unknown_dataset_vocabulary_is_a_clear_error():
+    with pytest.raises(KeyError, match="no registered class names"):
+        build_model(quickstart_cfg("DATASETS.TRAIN", ("no_such_dataset",)))
+
+
+def test_view_size_not_a_multiple_of_16_is_a_clear_error():
+    with pytest.raises(ValueError, match="multiple of 16"):
+        build_model(quickstart_cfg("MODEL.DINOV3SEG.VIEW_SIZE", 120))
+
+
+def test_bad_switch_values_are_clear_errors():
+    with pytest.raises(ValueError, match="TEXT_CHANNELS"):
+        build_model(quickstart_cfg("MODEL.DINOV3SEG.TEXT_CHANNELS", ["patch"]))
+    with pytest.raises(ValueError, match="CLASS_ATTENTION"):
+        build_model(quickstart_cfg("MODEL.DINOV3SEG.CLASS_ATTENTION", "softmax"))
+    with pytest.raises(ValueError, match="TEXT_FINETUNE"):
+        build_model(quickstart_cfg("MODEL.DINOTXT.TEXT_FINETUNE", "some"))
+
+
+@pytest.mark.parametrize("opts", [
+    ("MODEL.DINOV3SEG.TEXT_CHANNELS", ["local"]), ("MODEL.ANYUP.ENABLED", False), ("MODEL.SAM.ENABLED", False),
+    ("MODEL.DINOV3SEG.NUM_REFINEMENT_ROUNDS", 1), ("MODEL.ANYUP.OUTPUT_STRIDE", 8),
+    ("MODEL.DINOTXT.USE_VISION_HEAD", False), ("MODEL.DINOV3SEG.PROMPT_TEMPLATES", "imagenet"),
+])
+def test_every_ablation_switch_builds_and_runs(opts):
+    model = build_model(quickstart_cfg(*opts)).train()
+    model.train_class_names = names(3)
+    loss = model(batch(1, 3))["loss_sem_seg"]
+    loss.backward()
+    assert torch.isfinite(loss)
