@@ -86,7 +86,7 @@ def test_eval_sh_end_to_end_with_the_quickstart_model(tmp_path):
     env = dict(os.environ, DETECTRON2_DATASETS=str(root))
     train = subprocess.run([sys.executable, "train_net.py", "--config-file", "configs/quickstart.yaml",
                             "--num-gpus", "1", "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "20",
-                            "TEST.EVAL_PERIOD", "0"], env=env, cwd=REPO, capture_output=True, text=True,
+                            "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()"], env=env, cwd=REPO, capture_output=True, text=True,
                            timeout=1800)
     assert train.returncode == 0 and (out / "model_final.pth").exists(), train.stdout[-3000:] + train.stderr[-3000:]
     result = run_eval_sh(out, root)

@@ -119,7 +119,7 @@ class OpenVocabSemSegEvaluator(SemSegEvaluator):
         seen, unseen = self._seen & self._scored, ~self._seen & self._scored
         s, u = mean_iou(self._conf_matrix, seen), mean_iou(self._conf_matrix, unseen)
         res["mIoU_seen"], res["mIoU_unseen"] = s, u
-        res["hIoU"] = 2 * s * u / (s + u) if s + u > 0 else float("nan")
+        res["hIoU"] = 2 * s * u / (s + u) if s + u > 0 else s + u  # 0 if both are 0, NaN if either is
         res["num_seen"], res["num_unseen"] = int(seen.sum()), int(unseen.sum())
         self._logger.info(f"{self._dataset_name}: mIoU seen {s:.2f} ({seen.sum()} classes), "
                           f"unseen {u:.2f} ({unseen.sum()} classes), harmonic mean {res['hIoU']:.2f}")

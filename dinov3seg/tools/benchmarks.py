@@ -81,7 +81,7 @@ def to_markdown(rows: List[dict], average: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(f"Average over the {average['count']} benchmarks with a paper number: ours "
-                 f"{_cell(average['mIoU'])}, paper {_cell(average['paper_mIoU'])} (paper: 50.44).")
+                 f"{_cell(average['mIoU'])}, paper {_cell(average['paper_mIoU'])}.")
     return "\n".join(lines) + "\n"
 
 
