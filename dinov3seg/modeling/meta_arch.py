@@ -18,7 +18,6 @@ from .encoders.tokenizer import build_tokenizer
 from .text_embeddings import TextEmbedder
 
 PATCH_SIZE = 16
-FROZEN_ENCODERS = ("dinotxt", "anyup", "sam", "text_embedder")  # text_embedder wraps dinotxt.text
 
 
 @META_ARCH_REGISTRY.register()
@@ -28,6 +27,10 @@ class DINOv3Seg(nn.Module):
     Training takes VIEW_SIZE crops and returns ``{"loss_sem_seg": loss}``; inference runs
     Local-Global Aggregation and returns ``[{"sem_seg": (T, height, width) scores}]``.
     """
+
+    # Encoder submodules: frozen except tuned text parameters, rebuilt from their weight files on
+    # load (text_embedder wraps dinotxt.text).
+    ENCODERS = ("dinotxt", "anyup", "sam", "text_embedder")
 
     @configurable
     def __init__(self, *, dinotxt: nn.Module, anyup: Optional[nn.Module], sam: Optional[nn.Module],
@@ -79,8 +82,10 @@ class DINOv3Seg(nn.Module):
             input_shape["decoder_guidance"] = ShapeSpec(channels=sam.guidance_channels, stride=PATCH_SIZE)
         train_names = load_class_names(head_cfg.TRAIN_CLASS_JSON, cfg.DATASETS.TRAIN,
                                        "MODEL.DINOV3SEG.TRAIN_CLASS_JSON", "DATASETS.TRAIN")
-        test_names = load_class_names(head_cfg.TEST_CLASS_JSON, cfg.DATASETS.TEST,
-                                      "MODEL.DINOV3SEG.TEST_CLASS_JSON", "DATASETS.TEST")
+        test_names = train_names  # until set_vocabulary, unless a test vocabulary is configured
+        if head_cfg.TEST_CLASS_JSON or cfg.DATASETS.TEST:
+            test_names = load_class_names(head_cfg.TEST_CLASS_JSON, cfg.DATASETS.TEST,
+                                          "MODEL.DINOV3SEG.TEST_CLASS_JSON", "DATASETS.TEST")
         return dict(
             dinotxt=dinotxt, anyup=anyup, sam=sam, sem_seg_head=build_sem_seg_head(cfg, input_shape),
             text_embedder=TextEmbedder(cfg, text_encoder=dinotxt.text, tokenizer=build_tokenizer()),
@@ -104,7 +109,7 @@ class DINOv3Seg(nn.Module):
         rebuilt from their own weight files."""
         tuned = {f"{n}" for n, p in self.named_parameters() if p.requires_grad}
         return {k: v for k, v in self.state_dict().items()
-                if k in tuned or not k.startswith(tuple(f"{m}." for m in FROZEN_ENCODERS))}
+                if k in tuned or not k.startswith(tuple(f"{m}." for m in self.ENCODERS))}
 
     def _autocast(self):
         if self.device.type == "cuda" and self.precision == "bf16":
