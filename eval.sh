@@ -33,7 +33,7 @@ if [ ! -f "$out/model_final.pth" ] && [[ " $* " != *" MODEL.WEIGHTS "* ]]; then
 fi
 
 mkdir -p "$out/eval"
-available=$("$PYTHON" -m dinov3seg.tools.benchmarks check "$out") || exit 2
+available=$("$PYTHON" -m dinov3seg.tools.results_table check "$out") || exit 2
 for name in $available; do
   dir=$out/eval/$name
   rm -f "$dir/eval_results.json" "$dir/exit_code"
@@ -49,4 +49,4 @@ for name in $available; do
     tail -n 15 "$dir/eval.log" >&2
   fi
 done
-"$PYTHON" -m dinov3seg.tools.benchmarks collect "$out"
+"$PYTHON" -m dinov3seg.tools.results_table collect "$out"

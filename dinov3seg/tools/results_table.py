@@ -1,8 +1,8 @@
 """Helper of eval.sh: which benchmarks have data, and the final results table.
 
-    python -m dinov3seg.tools.benchmarks check OUTDIR    # prints the benchmarks whose data is prepared;
+    python -m dinov3seg.tools.results_table check OUTDIR    # prints the benchmarks whose data is prepared;
                                                          # writes OUTDIR/eval/<name>/MISSING for the others
-    python -m dinov3seg.tools.benchmarks collect OUTDIR  # OUTDIR/results.md + results.json from
+    python -m dinov3seg.tools.results_table collect OUTDIR  # OUTDIR/results.md + results.json from
                                                          # OUTDIR/eval/<name>/eval_results.json; exit 1 if
                                                          # any benchmark is missing or failed
 """
