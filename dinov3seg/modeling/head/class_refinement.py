@@ -56,10 +56,19 @@ class ClassRefinement(nn.Module):
         chunk = chunk or t
         tokens = rearrange(x, "b t c h w -> (b h w) t c")
         normed = self.norm1(tokens)
-        guidance = self.guidance_norm(text).repeat_interleave(h * w, dim=0)
-        qk_in = torch.cat([normed, guidance], dim=-1)
+        guidance = self.guidance_norm(text)
         split = lambda y: rearrange(y, "n t (heads d) -> n heads t d", heads=self.num_heads)  # noqa: E731
-        out = self.attention(split(self.q(qk_in)), split(self.k(qk_in)), split(self.v(normed)), chunk)
+        q, k = (self._guided_linear(layer, normed, guidance) for layer in (self.q, self.k))
+        out = self.attention(split(q), split(k), split(self.v(normed)), chunk)
         tokens = tokens + self.proj(rearrange(out, "n heads t d -> n t (heads d)"))
         tokens = torch.cat([c + self.mlp(self.norm2(c)) for c in tokens.split(chunk, dim=1)], dim=1)
         return rearrange(tokens, "(b h w) t c -> b t c h w", b=b, h=h)
+
+    @staticmethod
+    def _guided_linear(layer: nn.Linear, tokens: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
+        """``layer(cat([tokens, guidance], -1))`` for tokens (B*H*W, T, C) and guidance (B, T, G): the guidance
+        half is computed once per class rather than once per pixel (the same numbers, no H*W-fold copy)."""
+        b, dim = guidance.shape[0], tokens.shape[-1]
+        out = F.linear(tokens, layer.weight[:, :dim]).unflatten(0, (b, -1))
+        out += F.linear(guidance, layer.weight[:, dim:], layer.bias)[:, None]
+        return out.flatten(0, 1)

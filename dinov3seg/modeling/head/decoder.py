@@ -2,6 +2,7 @@
 from typing import List, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -22,10 +23,18 @@ class UpsamplingStage(nn.Module):
         self.conv = double_conv(in_channels, out_channels)
 
     def forward(self, x: torch.Tensor, guidance: Optional[torch.Tensor]) -> torch.Tensor:
+        """x: (B*T, C_in, H, W), the T classes of each view consecutive; guidance: (B, G, 2H, 2W), shared by the
+        classes of a view, or None. Returns (B*T, C_out, 2H, 2W)."""
         x = self.up(x)
-        if guidance is not None:
-            x = torch.cat([x, guidance], dim=1)
-        return self.conv(x)
+        if guidance is None:
+            return self.conv(x)
+        # conv(cat([x, guidance])) = conv_x(x) + conv_g(guidance) (bias-free conv): the guidance half is
+        # computed once per view instead of once per class (the same numbers, no T-fold copy).
+        first, c = self.conv[0], x.shape[1]
+        conv = lambda y, w: F.conv2d(y, w, None, first.stride, first.padding)  # noqa: E731
+        y = conv(x, first.weight[:, :c]).unflatten(0, (guidance.shape[0], -1))
+        y += conv(guidance, first.weight[:, c:])[:, None]
+        return self.conv[1:](y.flatten(0, 1))
 
 
 class UpsamplingDecoder(nn.Module):
@@ -44,5 +53,5 @@ class UpsamplingDecoder(nn.Module):
         b, t = x.shape[:2]
         x = x.flatten(0, 1)
         for stage, g in zip(self.stages, guidance):
-            x = stage(x, None if g is None else g.repeat_interleave(t, dim=0))
+            x = stage(x, g)
         return self.head(x).view(b, t, *x.shape[-2:])
