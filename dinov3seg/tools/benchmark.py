@@ -257,7 +257,8 @@ def random_image(height: int, width: int, device: torch.device) -> torch.Tensor:
     return (torch.rand(3, height, width, generator=generator) * 255).to(device)
 
 
-def benchmark(cfg, device: torch.device, classes: int, image_size, runs: int, warmup: int) -> dict:
+def benchmark(cfg, device: torch.device, classes: int, image_size, runs: int, warmup: int,
+              config_file: str = "") -> dict:
     """The full report of one config (see the module doc); JSON-serialisable."""
     torch.manual_seed(0)
     model = build_model(cfg, device)
@@ -277,7 +278,7 @@ def benchmark(cfg, device: torch.device, classes: int, image_size, runs: int, wa
         }
     components["text_tower"]["note"] = "cached; per-vocabulary cost in 'vocabulary_encoding'"
     return {
-        "config": cfg.get("_config_file", ""),
+        "config": config_file,
         "device": device_description(device),
         "precision": cfg.MODEL.DINOV3SEG.PRECISION if device.type == "cuda" else "fp32",
         "torch": torch.__version__,
@@ -398,8 +399,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = setup_cfg(args.config_file, args.opts)
-    cfg.defrost()
-    cfg._config_file = args.config_file
     if args.params_only:
         print(format_params(count_params(build_on_meta(cfg))))
         return 0
@@ -407,7 +406,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device available")
     warmup = args.warmup if args.warmup is not None else (2 if device.type == "cuda" else 0)
-    report = benchmark(cfg, device, args.classes, tuple(args.image_size), args.runs, warmup)
+    report = benchmark(cfg, device, args.classes, tuple(args.image_size), args.runs, warmup, args.config_file)
     print(format_report(report), flush=True)
     if args.sweep:
         print("sweep (time and peak memory per image):")
