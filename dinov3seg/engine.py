@@ -6,6 +6,7 @@ Detectron2 unchanged; on CPU we start the processes ourselves with the gloo back
 same process groups Detectron2's ``comm`` utilities expect.
 """
 import logging
+import os
 
 import detectron2.engine.defaults as d2_defaults
 import detectron2.utils.comm as comm
@@ -47,6 +48,8 @@ def launch(main_func, num_gpus_per_machine: int, num_machines: int = 1, machine_
 
 def _cpu_worker(local_rank, main_func, world_size, num_per_machine, machine_rank, dist_url, args):
     rank = machine_rank * num_per_machine + local_rank
+    # Share the cores: N processes with all threads each oversubscribe the CPU and crawl.
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // num_per_machine))
     try:
         dist.init_process_group("gloo", init_method=dist_url, world_size=world_size, rank=rank)
     except Exception as err:
