@@ -11,7 +11,7 @@
 #
 # Benchmarks whose data is not prepared are reported with the prepare command; the others still run.
 # Exit status: 0 if every benchmark ran, 1 if any is missing or failed, 2 on a usage error.
-# Environment: PYTHON (default: python), DETECTRON2_DATASETS (default: ./datasets),
+# Environment: PYTHON (default: .venv/bin/python beside this script, else python), DETECTRON2_DATASETS (default: ./datasets),
 # TRAIN_NET (default: train_net.py beside this script).
 set -uo pipefail
 if [ $# -lt 3 ]; then
@@ -20,7 +20,9 @@ if [ $# -lt 3 ]; then
 fi
 config=$1; ngpus=$2; out=$3; shift 3
 root=$(cd "$(dirname "$0")" && pwd)
-PYTHON=${PYTHON:-python}
+default_python=python
+[ -x "$root/.venv/bin/python" ] && default_python=$root/.venv/bin/python
+PYTHON=${PYTHON:-$default_python}
 train_net=${TRAIN_NET:-$root/train_net.py}
 
 device=()
