@@ -177,7 +177,7 @@ def test_paper_config_holds_the_recipe():
     assert (s.MAX_ITER, s.IMS_PER_BATCH, s.BASE_LR, s.ENCODER_LR_MULTIPLIER) == (80000, 4, 2e-4, 0.01)
     assert (s.OPTIMIZER, s.LR_SCHEDULER_NAME, s.WEIGHT_DECAY, s.CLIP_GRADIENTS.CLIP_VALUE) == \
         ("ADAMW", "WarmupCosineLR", 1e-4, 0.01)
-    assert cfg.INPUT.CROP.SIZE == (384, 384) and cfg.DATASETS.TRAIN == ("coco_2017_train_stuff_sem_seg",)
+    assert tuple(cfg.INPUT.CROP.SIZE) == (384, 384) and cfg.DATASETS.TRAIN == ("coco_2017_train_stuff_sem_seg",)
     assert cfg.MODEL.DINOV3SEG.TEXT_CHANNELS == ["local", "global"] and cfg.TEST.LGA.ENABLED
 
 

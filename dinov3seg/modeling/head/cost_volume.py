@@ -1,11 +1,19 @@
 """Cost volume between patch features and class text embeddings, and its per-class embedding."""
-from typing import Sequence
+from typing import List, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 TEXT_HALVES = ("global", "local")  # dinov3.txt text layout: [CLS-aligned ; patch-aligned]
+
+
+def check_text_halves(halves: Sequence[str]) -> List[str]:
+    """Validate MODEL.DINOV3SEG.TEXT_CHANNELS: a non-empty list of distinct names among TEXT_HALVES."""
+    if not halves or set(halves) - set(TEXT_HALVES) or len(set(halves)) != len(halves):
+        raise ValueError(f"MODEL.DINOV3SEG.TEXT_CHANNELS must name 'local' and/or 'global' once each, "
+                         f"got {list(halves)}")
+    return list(halves)
 
 
 def select_text_halves(text: torch.Tensor, halves: Sequence[str]) -> torch.Tensor:
@@ -18,9 +26,6 @@ def select_text_halves(text: torch.Tensor, halves: Sequence[str]) -> torch.Tenso
     Returns:
         (..., T, P * len(halves), D), channel order = templates x halves.
     """
-    unknown = set(halves) - set(TEXT_HALVES)
-    if unknown or not halves:
-        raise ValueError(f"MODEL.DINOV3SEG.TEXT_CHANNELS must name 'local' and/or 'global', got {list(halves)}")
     global_half, local_half = text.chunk(2, dim=-1)
     parts = {"global": global_half, "local": local_half}
     return torch.stack([parts[h] for h in halves], dim=-2).flatten(-3, -2)

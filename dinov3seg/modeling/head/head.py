@@ -10,7 +10,7 @@ from torch import nn
 
 from ..text_embeddings import load_prompt_templates
 from .class_refinement import ClassRefinement
-from .cost_volume import CostEmbedding, cosine_cost_volume, select_text_halves
+from .cost_volume import CostEmbedding, check_text_halves, cosine_cost_volume, select_text_halves
 from .decoder import UpsamplingDecoder
 from .spatial_refinement import SpatialRefinement
 
@@ -33,7 +33,7 @@ class DINOv3SegHead(nn.Module):
                  num_heads: int = 4, class_attention: str = "linear", decoder_dims=(64, 32),
                  decoder_guidance_dims=(32, 16), class_chunk_size: int = 0):
         super().__init__()
-        self.text_channels = list(text_channels)
+        self.text_channels = check_text_halves(text_channels)
         self.class_chunk_size = class_chunk_size
         self.patch_stride = input_shape["patches"].stride
         text_dim = input_shape["text"].channels // 2 * len(self.text_channels)
