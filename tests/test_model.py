@@ -39,7 +39,7 @@ def names(t):
     return [f"class {i}" for i in range(t)]
 
 
-@pytest.mark.parametrize("b,t", [(1, 1), (2, 5), (3, 40)])
+@pytest.mark.parametrize("b,t", [(1, 1), (2, 5), (3, 40), (1, 2000)])
 def test_views_give_logits_per_class_at_quarter_resolution(model, b, t):
     model.eval()
     with torch.no_grad():
@@ -223,3 +223,32 @@ def test_every_ablation_switch_builds_and_runs(opts):
     loss = model(batch(1, 3))["loss_sem_seg"]
     loss.backward()
     assert torch.isfinite(loss)
+
+
+def test_param_groups_scale_encoder_lr_and_skip_decay_on_norms_and_embeddings(model):
+    from dinov3seg.solver import build_optimizer
+
+    cfg = quickstart_cfg()
+    optimizer = build_optimizer(cfg, model)
+    by_param = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    head_linear = named["sem_seg_head.text_projection.0.weight"]
+    head_norm = named["sem_seg_head.spatial.0.blocks.0.norm1.weight"]
+    text_embedding = named["dinotxt.text.backbone.token_embedding.weight"]
+    text_linear = named["dinotxt.text.head.linear_projection.weight"]
+    s = cfg.SOLVER
+    assert by_param[id(head_linear)]["lr"] == s.BASE_LR and by_param[id(head_linear)]["weight_decay"] == s.WEIGHT_DECAY
+    assert by_param[id(head_norm)]["weight_decay"] == 0.0
+    assert by_param[id(text_embedding)]["weight_decay"] == 0.0
+    assert by_param[id(text_linear)]["lr"] == pytest.approx(s.BASE_LR * s.ENCODER_LR_MULTIPLIER)
+    assert id(named["dinotxt.backbone.cls_token"]) not in by_param  # frozen: not optimised
+
+
+def test_full_model_clipping_bounds_the_total_gradient_norm():
+    from dinov3seg.solver import with_full_model_clipping
+
+    a, b = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(4))
+    optimizer = with_full_model_clipping(torch.optim.SGD, 0.01)([{"params": [a]}, {"params": [b]}], lr=1.0)
+    a.grad, b.grad = torch.full((3,), 3.0), torch.full((4,), 4.0)
+    optimizer.step()
+    assert torch.cat([a, b]).norm().item() == pytest.approx(0.01, rel=1e-4)
