@@ -113,3 +113,18 @@ def test_full_size_keys_and_shapes_match_release(parity_dir):
     # the loader maps every released key (meta tensors: names and shapes only)
     file_state = {k: torch.empty(v["shape"], device="meta") for k, v in manifest.items()}
     assert model.load_dinotxt_state_dict(file_state) == ([], [])
+
+
+def test_text_tower_stops_at_the_last_eot_without_changing_the_result():
+    import torch
+
+    from dinov3seg.modeling.encoders.dinotxt import DINOTxtTextTower
+    from dinov3seg.modeling.encoders.tokenizer import build_tokenizer
+
+    torch.manual_seed(0)
+    tower = DINOTxtTextTower(width=32, heads=2, layers=2, output_dim=64).eval()
+    ids = build_tokenizer()(["a cat", "a photo of a dog in the scene.", ""])
+    with torch.no_grad():
+        tokens = tower.backbone(ids)  # the full 77-token context
+        full = tower.head["linear_projection"](tokens[torch.arange(3), ids.argmax(-1)])
+        torch.testing.assert_close(tower(ids), full, rtol=1e-5, atol=1e-6)

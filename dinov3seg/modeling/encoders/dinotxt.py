@@ -119,8 +119,11 @@ class DINOTxtTextTower(nn.Module):
         self.head = nn.ModuleDict({"linear_projection": nn.Linear(width, output_dim, bias=False)})
 
     def forward(self, ids: Tensor) -> Tensor:
-        tokens = self.backbone(ids)
-        pooled = tokens[torch.arange(ids.shape[0], device=ids.device), ids.argmax(dim=-1)]
+        eot = ids.argmax(dim=-1)
+        # Attention is causal, so tokens after the last EOT cannot change any pooled token: run only up to it
+        # (prompts are ~10 tokens of the 77-token context, a several-fold saving with identical results).
+        tokens = self.backbone(ids[:, : int(eot.max()) + 1])
+        pooled = tokens[torch.arange(ids.shape[0], device=ids.device), eot]
         return self.head["linear_projection"](pooled)
 
 
