@@ -2,9 +2,8 @@
 import torch
 from torch import nn
 
-from dinov3seg.modeling.head.class_refinement import ClassRefinement
+from dinov3seg.modeling.head.common import guided_linear
 from dinov3seg.modeling.head.decoder import UpsamplingStage
-from dinov3seg.modeling.head.spatial_refinement import GuidedSwinBlock
 
 
 def test_spatial_guided_linear_equals_concatenation():
@@ -13,7 +12,7 @@ def test_spatial_guided_linear_equals_concatenation():
     layer = nn.Linear(c + g, c)
     tokens, guidance = torch.randn(b * t, h, w, c), torch.randn(b, h, w, g)
     expected = layer(torch.cat([tokens, guidance.repeat_interleave(t, dim=0)], dim=-1))
-    torch.testing.assert_close(GuidedSwinBlock._guided_linear(layer, tokens, guidance, c), expected)
+    torch.testing.assert_close(guided_linear(layer, tokens, guidance), expected)
 
 
 def test_class_guided_linear_equals_concatenation():
@@ -22,7 +21,7 @@ def test_class_guided_linear_equals_concatenation():
     layer = nn.Linear(c + g, c)
     tokens, text = torch.randn(b * hw, t, c), torch.randn(b, t, g)
     expected = layer(torch.cat([tokens, text.repeat_interleave(hw, dim=0)], dim=-1))
-    torch.testing.assert_close(ClassRefinement._guided_linear(layer, tokens, text), expected)
+    torch.testing.assert_close(guided_linear(layer, tokens, text), expected)
 
 
 def test_decoder_stage_equals_concatenation():

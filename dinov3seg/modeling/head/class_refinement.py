@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .spatial_refinement import mlp
+from .common import GuidedAttentionBlock
 
 
 def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk: int) -> torch.Tensor:
@@ -29,7 +29,7 @@ def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk: 
 ATTENTIONS = {"linear": linear_attention, "full": softmax_attention}
 
 
-class ClassRefinement(nn.Module):
+class ClassRefinement(GuidedAttentionBlock):
     """Pre-norm transformer layer across the T classes of every pixel.
 
     No positional encoding over classes: the layer is permutation-equivariant and takes any T.
@@ -37,18 +37,10 @@ class ClassRefinement(nn.Module):
     """
 
     def __init__(self, dim: int, guidance_dim: int, num_heads: int, attention: str = "linear"):
-        super().__init__()
         if attention not in ATTENTIONS:
             raise ValueError(f"MODEL.DINOV3SEG.CLASS_ATTENTION must be one of {sorted(ATTENTIONS)}, got {attention!r}")
-        self.num_heads, self.attention = num_heads, ATTENTIONS[attention]
-        self.norm1 = nn.LayerNorm(dim)
-        self.guidance_norm = nn.LayerNorm(guidance_dim)
-        self.q = nn.Linear(dim + guidance_dim, dim)
-        self.k = nn.Linear(dim + guidance_dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.proj = nn.Linear(dim, dim)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = mlp(dim)
+        super().__init__(dim, guidance_dim, num_heads)
+        self.attention = ATTENTIONS[attention]
 
     def forward(self, x: torch.Tensor, text: torch.Tensor, chunk: int = 0) -> torch.Tensor:
         """x: (B, T, C, H, W); text: (B, T, G) guidance; chunk: classes per chunk (0 = all)."""
@@ -58,17 +50,8 @@ class ClassRefinement(nn.Module):
         normed = self.norm1(tokens)
         guidance = self.guidance_norm(text)
         split = lambda y: rearrange(y, "n t (heads d) -> n heads t d", heads=self.num_heads)  # noqa: E731
-        q, k = (self._guided_linear(layer, normed, guidance) for layer in (self.q, self.k))
+        q, k = self.queries_and_keys(normed, guidance)
         out = self.attention(split(q), split(k), split(self.v(normed)), chunk)
         tokens = tokens + self.proj(rearrange(out, "n heads t d -> n t (heads d)"))
         tokens = torch.cat([c + self.mlp(self.norm2(c)) for c in tokens.split(chunk, dim=1)], dim=1)
         return rearrange(tokens, "(b h w) t c -> b t c h w", b=b, h=h)
-
-    @staticmethod
-    def _guided_linear(layer: nn.Linear, tokens: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
-        """``layer(cat([tokens, guidance], -1))`` for tokens (B*H*W, T, C) and guidance (B, T, G): the guidance
-        half is computed once per class rather than once per pixel (the same numbers, no H*W-fold copy)."""
-        b, dim = guidance.shape[0], tokens.shape[-1]
-        out = F.linear(tokens, layer.weight[:, :dim]).unflatten(0, (b, -1))
-        out += F.linear(guidance, layer.weight[:, dim:], layer.bias)[:, None]
-        return out.flatten(0, 1)

@@ -6,10 +6,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-
-def mlp(dim: int, ratio: float = 4.0) -> nn.Sequential:
-    hidden = int(dim * ratio)
-    return nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+from .common import GuidedAttentionBlock
 
 
 def shifted_window_mask(height: int, width: int, window: int, shift: int, device) -> torch.Tensor:
@@ -26,24 +23,12 @@ def shifted_window_mask(height: int, width: int, window: int, shift: int, device
     return region[:, :, None] == region[:, None, :]
 
 
-class GuidedSwinBlock(nn.Module):
-    """One (shifted-)window attention block whose queries and keys also see guidance features.
-
-    Values come from the cost tokens only, so guidance steers where information flows
-    without being mixed into the cost embedding.
-    """
+class GuidedSwinBlock(GuidedAttentionBlock):
+    """One (shifted-)window attention block over each class's cost map, guided by image features."""
 
     def __init__(self, dim: int, guidance_dim: int, num_heads: int, window: int, shift: int):
-        super().__init__()
-        self.num_heads, self.window, self.shift = num_heads, window, shift
-        self.norm1 = nn.LayerNorm(dim)
-        self.guidance_norm = nn.LayerNorm(guidance_dim) if guidance_dim > 0 else None
-        self.q = nn.Linear(dim + guidance_dim, dim)
-        self.k = nn.Linear(dim + guidance_dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.proj = nn.Linear(dim, dim)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = mlp(dim)
+        super().__init__(dim, guidance_dim, num_heads)
+        self.window, self.shift = window, shift
 
     def forward(self, x: torch.Tensor, guidance: Optional[torch.Tensor]) -> torch.Tensor:
         """x: (N, H, W, C) cost tokens, N = B * T (classes of one view consecutive); guidance: (B, H, W, G),
@@ -59,13 +44,9 @@ class GuidedSwinBlock(nn.Module):
             return y.roll((-shift, -shift), dims=(1, 2)) if shift else y
 
         tokens = to_grid(self.norm1(x))
-        if guidance is None:
-            q, k = self.q(tokens), self.k(tokens)
-        else:
-            # q = W [tokens ; guidance] + b, with the guidance half computed once per view rather than
-            # once per class (the same numbers; T times fewer FLOPs and no T-fold copy of the guidance).
+        if guidance is not None:
             guidance = to_grid(self.guidance_norm(guidance))
-            q, k = (self._guided_linear(layer, tokens, guidance, c) for layer in (self.q, self.k))
+        q, k = self.queries_and_keys(tokens, guidance)
         to_windows = "n (nh wh) (nw ww) (heads d) -> (n nh nw) heads (wh ww) d"
         sizes = dict(wh=self.window, ww=self.window, heads=self.num_heads)
         q, k, v = (rearrange(y, to_windows, **sizes) for y in (q, k, self.v(tokens)))
@@ -80,14 +61,6 @@ class GuidedSwinBlock(nn.Module):
             out = out.roll((shift, shift), dims=(1, 2))
         x = x + self.proj(out[:, :h, :w])
         return x + self.mlp(self.norm2(x))
-
-    @staticmethod
-    def _guided_linear(layer: nn.Linear, tokens: torch.Tensor, guidance: torch.Tensor, dim: int) -> torch.Tensor:
-        """``layer(cat([tokens, guidance], -1))`` for tokens (B*T, H, W, C) and guidance (B, H, W, G)."""
-        b = guidance.shape[0]
-        out = F.linear(tokens, layer.weight[:, :dim]).unflatten(0, (b, -1))
-        out += F.linear(guidance, layer.weight[:, dim:], layer.bias)[:, None]
-        return out.flatten(0, 1)
 
 
 class SpatialRefinement(nn.Module):
