@@ -4,6 +4,7 @@ from torch import nn
 
 from dinov3seg.modeling.head.common import guided_linear
 from dinov3seg.modeling.head.decoder import UpsamplingStage
+from dinov3seg.modeling.head.spatial_refinement import GuidedSwinBlock
 
 
 def test_spatial_guided_linear_equals_concatenation():
