@@ -76,22 +76,20 @@ def test_inference_returns_scores_at_the_requested_size(model, height, width, t)
 
 
 def test_class_chunks_do_not_change_the_logits():
-    torch.manual_seed(0)
-    full = build_model(quickstart_cfg("MODEL.DINOV3SEG.CLASS_CHUNK_SIZE", 0)).eval()
     for attention in ("linear", "full"):
         torch.manual_seed(1)
-        a = build_model(quickstart_cfg("MODEL.DINOV3SEG.CLASS_ATTENTION", attention)).eval()
-        torch.manual_seed(1)
+        a = build_model(quickstart_cfg("MODEL.DINOV3SEG.CLASS_ATTENTION", attention,
+                                       "MODEL.DINOV3SEG.CLASS_CHUNK_SIZE", 0)).eval()
         b = build_model(quickstart_cfg("MODEL.DINOV3SEG.CLASS_ATTENTION", attention,
                                        "MODEL.DINOV3SEG.CLASS_CHUNK_SIZE", 7)).eval()
-        assert b.sem_seg_head.class_chunk_size == 7
+        assert (a.sem_seg_head.chunk, b.sem_seg_head.chunk) == (0, 7)
         b.load_state_dict(a.state_dict())
         views = torch.randn(2, 3, 128, 128)
         with torch.no_grad():
             text = a.text_embedder(names(23))
             torch.testing.assert_close(b.segment_views(views, text), a.segment_views(views, text),
                                        atol=1e-5, rtol=1e-5)
-    assert full.sem_seg_head.class_chunk_size == 0
+        assert b.train().sem_seg_head.chunk == 0  # test-time memory bound only
 
 
 def test_topk_pruning_keeps_k_classes_and_marks_the_rest(model):

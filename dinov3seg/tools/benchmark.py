@@ -304,11 +304,11 @@ def benchmark(cfg, device: torch.device, classes: int, image_size, runs: int, wa
 
 
 def sweep(cfg, device: torch.device, class_counts: List[int], sizes: List[int], runs: int,
-          default_classes: int, chunk: int) -> dict:
+          default_classes: int, chunk: Optional[int]) -> dict:
     """Time and memory vs the number of classes (image 512) and vs the image's short side (canvas = short side)."""
     cfg = cfg.clone()
     cfg.defrost()
-    if not cfg.MODEL.DINOV3SEG.CLASS_CHUNK_SIZE:
+    if chunk is not None:
         cfg.MODEL.DINOV3SEG.CLASS_CHUNK_SIZE = chunk
     rows = {"class_chunk_size": cfg.MODEL.DINOV3SEG.CLASS_CHUNK_SIZE, "classes": [], "image_short_side": []}
     model = build_model(cfg, device)
@@ -391,8 +391,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--sweep", action="store_true", help="also time vs classes and vs image size")
     parser.add_argument("--sweep-classes", type=int, nargs="+", default=[20, 150, 847, 2000])
     parser.add_argument("--sweep-sizes", type=int, nargs="+", default=[512, 1024, 2048])
-    parser.add_argument("--sweep-chunk", type=int, default=128,
-                        help="MODEL.DINOV3SEG.CLASS_CHUNK_SIZE for the sweep when the config leaves it 0")
+    parser.add_argument("--sweep-chunk", type=int, default=None,
+                        help="MODEL.DINOV3SEG.CLASS_CHUNK_SIZE for the sweep (default: the config's)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE ...")
     args = parser.parse_args(argv)

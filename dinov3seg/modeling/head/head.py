@@ -70,11 +70,17 @@ class DINOv3SegHead(nn.Module):
             decoder_dims=head.DECODER_DIMS, decoder_guidance_dims=head.DECODER_GUIDANCE_DIMS,
             class_chunk_size=head.CLASS_CHUNK_SIZE)
 
+    @property
+    def chunk(self) -> int:
+        """Classes per chunk; 0 = all at once. Chunking is a test-time memory bound (training vocabularies
+        are small, and one pass keeps the autograd graph simple)."""
+        return 0 if self.training else self.class_chunk_size
+
     def _per_class_chunks(self, fn, x: torch.Tensor, *args) -> torch.Tensor:
         """Apply a per-class function to (B, T, ...) in chunks of classes (bounds peak memory)."""
-        if not self.class_chunk_size or x.shape[1] <= self.class_chunk_size:
+        if not self.chunk or x.shape[1] <= self.chunk:
             return fn(x, *args)
-        return torch.cat([fn(c, *args) for c in x.split(self.class_chunk_size, dim=1)], dim=1)
+        return torch.cat([fn(c, *args) for c in x.split(self.chunk, dim=1)], dim=1)
 
     def forward(self, patches: torch.Tensor, text: torch.Tensor, guidance: Optional[torch.Tensor] = None,
                 decoder_guidance: Optional[List[torch.Tensor]] = None, topk: int = 0) -> torch.Tensor:
@@ -111,7 +117,7 @@ class DINOv3SegHead(nn.Module):
             decoder_guidance = [None] * len(self.decoder.stages)
         for spatial, classes in zip(self.spatial, self.classes):
             x = self._per_class_chunks(spatial, x, guidance)
-            x = classes(x, text_guidance, self.class_chunk_size)
+            x = classes(x, text_guidance, self.chunk)
         logits = self._per_class_chunks(self.decoder, x, decoder_guidance)
         if kept is None:
             return logits
