@@ -75,7 +75,6 @@ def test_eval_sh_usage_errors(tmp_path):
     assert result.returncode == 2 and "model_final.pth not found" in result.stderr
 
 
-@pytest.mark.slow
 def test_eval_sh_end_to_end_with_the_quickstart_model(tmp_path):
     """Synthetic raw releases -> prepare -> quickstart training -> eval.sh on all six benchmarks."""
     for needed in ("train_net.py", "configs/quickstart.yaml"):
