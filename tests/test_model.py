@@ -250,3 +250,19 @@ def test_full_model_clipping_bounds_the_total_gradient_norm():
     a.grad, b.grad = torch.full((3,), 3.0), torch.full((4,), 4.0)
     optimizer.step()
     assert torch.cat([a, b]).norm().item() == pytest.approx(0.01, rel=1e-4)
+
+
+def test_head_input_shape_from_the_config_matches_the_built_encoders(model):
+    from dinov3seg.modeling.meta_arch import head_input_shape
+
+    shape = head_input_shape(quickstart_cfg())
+    assert shape["patches"].channels == model.dinotxt.backbone.embed_dim
+    assert shape["guidance"].channels == model.sam.neck_channels
+    assert shape["decoder_guidance"].channels == model.sam.guidance_channels
+    for variant, width in (("vit_l", 1024), ("vit_b", 768)):
+        assert head_input_shape(quickstart_cfg("MODEL.SAM.VARIANT", variant))["decoder_guidance"].channels == width
+    assert "guidance" not in head_input_shape(quickstart_cfg("MODEL.SAM.ENABLED", False))
+    with pytest.raises(ValueError, match="DECODER_GUIDANCE"):
+        head_input_shape(quickstart_cfg("MODEL.SAM.DECODER_GUIDANCE", [1, 3]))
+    with pytest.raises(ValueError, match="MODEL.SAM.VARIANT"):
+        head_input_shape(quickstart_cfg("MODEL.SAM.VARIANT", "vit_h"))

@@ -12,12 +12,32 @@ from torch import nn
 
 from ..data.vocabulary import load_class_names, validate_vocabulary
 from ..inference.lga import LocalGlobalAggregation
-from .encoders import build_anyup, build_dinotxt, build_sam
+from .encoders import build_anyup, build_dinotxt, build_sam, sam_sizes
+from .encoders.sam import NECK_CHANNELS as SAM_NECK_CHANNELS
 from .loss import sem_seg_bce_loss
 from .encoders.tokenizer import build_tokenizer
 from .text_embeddings import TextEmbedder
 
 PATCH_SIZE = 16
+
+
+def head_input_shape(cfg) -> Dict[str, ShapeSpec]:
+    """What the frozen encoders feed the head, from the config alone (no encoder is built):
+    ``patches`` (D channels, stride 16 or AnyUp's), ``text`` (2D), and with SAM ``guidance`` (its neck)
+    and ``decoder_guidance`` (its hooked blocks)."""
+    dim = cfg.MODEL.DINOV3.EMBED_DIM
+    stride = cfg.MODEL.ANYUP.OUTPUT_STRIDE if cfg.MODEL.ANYUP.ENABLED else PATCH_SIZE
+    shape = {"patches": ShapeSpec(channels=dim, stride=stride), "text": ShapeSpec(channels=2 * dim)}
+    if cfg.MODEL.SAM.ENABLED:
+        sizes = sam_sizes(cfg)
+        n_global, stages = len(sizes["global_attn_indexes"]), len(cfg.MODEL.DINOV3SEG.DECODER_DIMS)
+        guides = list(cfg.MODEL.SAM.DECODER_GUIDANCE)
+        if len(guides) != stages or not all(0 <= i < n_global for i in guides):
+            raise ValueError(f"MODEL.SAM.DECODER_GUIDANCE must hold one index per decoder stage ({stages}), "
+                             f"each in [0, {n_global}); got {guides}")
+        shape["guidance"] = ShapeSpec(channels=SAM_NECK_CHANNELS, stride=PATCH_SIZE)
+        shape["decoder_guidance"] = ShapeSpec(channels=sizes["embed_dim"], stride=PATCH_SIZE)
+    return shape
 
 
 @META_ARCH_REGISTRY.register()
@@ -68,18 +88,8 @@ class DINOv3Seg(nn.Module):
         dinotxt = build_dinotxt(cfg)
         anyup = build_anyup(cfg)
         sam = build_sam(cfg, view)
-        dim = cfg.MODEL.DINOV3.EMBED_DIM
-        stride = cfg.MODEL.ANYUP.OUTPUT_STRIDE if anyup is not None else PATCH_SIZE
-        input_shape = {"patches": ShapeSpec(channels=dim, stride=stride), "text": ShapeSpec(channels=2 * dim)}
-        if sam is not None:
-            n_global = len(sam.global_attn_indexes)
-            bad = [i for i in cfg.MODEL.SAM.DECODER_GUIDANCE if not 0 <= i < n_global]
-            if bad or len(cfg.MODEL.SAM.DECODER_GUIDANCE) != len(head_cfg.DECODER_DIMS):
-                raise ValueError(f"MODEL.SAM.DECODER_GUIDANCE must hold one index per decoder stage "
-                                 f"({len(head_cfg.DECODER_DIMS)}), each in [0, {n_global}); got "
-                                 f"{list(cfg.MODEL.SAM.DECODER_GUIDANCE)}")
-            input_shape["guidance"] = ShapeSpec(channels=sam.neck_channels, stride=PATCH_SIZE)
-            input_shape["decoder_guidance"] = ShapeSpec(channels=sam.guidance_channels, stride=PATCH_SIZE)
+        input_shape = head_input_shape(cfg)
+        stride = input_shape["patches"].stride
         train_names = load_class_names(head_cfg.TRAIN_CLASS_JSON, cfg.DATASETS.TRAIN,
                                        "MODEL.DINOV3SEG.TRAIN_CLASS_JSON", "DATASETS.TRAIN")
         test_names = train_names  # until set_vocabulary, unless a test vocabulary is configured

@@ -1,13 +1,14 @@
-"""Peak memory and time of inference against the vocabulary size T (issue 5, item 3).
+"""Peak memory and time of the head alone against the vocabulary size T (issue 5, item 3).
 
-    # the whole quickstart model (LGA, all views of one 480x640 image; text embedding timed apart)
-    python -m dinov3seg.tools.vocab_benchmark model --config-file configs/quickstart.yaml
-    # the full-size head alone (ViT-L/SAM-L shapes, random inputs: one LGA batch of views)
-    python -m dinov3seg.tools.vocab_benchmark head --config-file configs/Base-DINOv3Seg.yaml
+    # the full-size head (ViT-L/SAM-L shapes, random encoder outputs: one LGA batch of views)
+    python -m dinov3seg.tools.vocab_benchmark --config-file configs/Base-DINOv3Seg.yaml
+
+The head is what grows with T, and alone it fits a CPU at full size. For the whole model (encoders, LGA,
+text) against T and image size use ``python -m dinov3seg.tools.benchmark --sweep``.
 
 Options: ``--classes 20 150 847 2000``, ``--chunk 0 64`` (MODEL.DINOV3SEG.CLASS_CHUNK_SIZE values to
-compare), ``--topk K`` (TEST.LGA.TOPK_CLASSES), ``--views V`` (head mode: views per batch; 5 = 2x2
-windows + global), ``--device cpu|cuda``, ``--opts KEY VALUE ...``.
+compare), ``--topk K`` (TEST.LGA.TOPK_CLASSES), ``--views V`` (views per batch; 5 = 2x2 windows +
+global), ``--device cpu|cuda``, ``--opts KEY VALUE ...``.
 
 Peak memory is what the measured call adds on top of what was allocated before it: on CUDA
 ``torch.cuda.max_memory_allocated``; on the CPU the growth of the process's peak resident set, so every
@@ -67,50 +68,12 @@ def setup_cfg(args, chunk: int):
     return cfg
 
 
-def class_names(num_classes: int):
-    return [f"object number {i}" for i in range(num_classes)]
-
-
-def run_model(args, num_classes: int, chunk: int) -> dict:
-    """The whole model on one random image: text embedding (uncached), then segmentation."""
-    from detectron2.modeling import build_model
-
-    import dinov3seg  # noqa: F401  (registers the model)
-
-    cfg = setup_cfg(args, chunk)
-    device = torch.device(args.device)
-    model = build_model(cfg).eval()
-    image = torch.randint(0, 256, (3, args.height, args.width), dtype=torch.uint8).float()
-    batch = [{"image": image, "height": args.height, "width": args.width}]
-    with torch.no_grad():
-        model.set_vocabulary(class_names(2))
-        model(batch)  # warm-up
-        model.set_vocabulary(class_names(num_classes))
-        text_s, text_peak = measure(lambda: model.text_embedder(model.test_class_names), device)
-        seg_s, seg_peak = measure(lambda: model(batch), device)  # text embeddings now cached
-    num_views = model.lga.make_views(image.to(device))[0].shape[0]
-    return {"text_s": text_s, "text_peak": text_peak, "seconds": seg_s, "peak": seg_peak, "views": num_views}
-
-
-def head_input_shape(cfg):
-    """The head's input shapes for a config (mirrors DINOv3Seg.from_config without building encoders)."""
-    from detectron2.layers import ShapeSpec
-
-    dim = cfg.MODEL.DINOV3.EMBED_DIM
-    stride = cfg.MODEL.ANYUP.OUTPUT_STRIDE if cfg.MODEL.ANYUP.ENABLED else 16
-    shape = {"patches": ShapeSpec(channels=dim, stride=stride), "text": ShapeSpec(channels=2 * dim)}
-    if cfg.MODEL.SAM.ENABLED:
-        sam_dim = {"vit_l": 1024, "vit_b": 768}.get(cfg.MODEL.SAM.VARIANT, cfg.MODEL.SAM.EMBED_DIM)
-        shape["guidance"] = ShapeSpec(channels=256, stride=16)  # SAM neck width
-        shape["decoder_guidance"] = ShapeSpec(channels=sam_dim, stride=16)
-    return shape
-
-
 def run_head(args, num_classes: int, chunk: int) -> dict:
     """The head alone on one LGA batch of random encoder outputs."""
     from detectron2.modeling import build_sem_seg_head
 
     import dinov3seg  # noqa: F401  (registers the head)
+    from dinov3seg.modeling.meta_arch import head_input_shape
     from dinov3seg.modeling.text_embeddings import load_prompt_templates
 
     cfg = setup_cfg(args, chunk)
@@ -144,8 +107,7 @@ def run_head(args, num_classes: int, chunk: int) -> dict:
 
 
 def _worker(args) -> None:
-    run = run_model if args.mode == "model" else run_head
-    result = run(args, args.worker_classes, args.worker_chunk)
+    result = run_head(args, args.worker_classes, args.worker_chunk)
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -155,14 +117,11 @@ def _mib(n: int) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=["model", "head"])
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--classes", type=int, nargs="+", default=list(DEFAULT_CLASSES))
     parser.add_argument("--chunk", type=int, nargs="+", default=[0, 64], help="CLASS_CHUNK_SIZE values")
     parser.add_argument("--topk", type=int, default=0, help="TEST.LGA.TOPK_CLASSES (0 = all classes)")
-    parser.add_argument("--views", type=int, default=5, help="head mode: views per batch")
-    parser.add_argument("--height", type=int, default=480, help="model mode: image height")
-    parser.add_argument("--width", type=int, default=640, help="model mode: image width")
+    parser.add_argument("--views", type=int, default=5, help="views per batch")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", help="also write the table as JSON here")
     parser.add_argument("--worker-classes", type=int, help=argparse.SUPPRESS)
@@ -174,18 +133,15 @@ def main(argv=None) -> int:
         return 0
 
     rows = []
-    print(f"# vocab_benchmark {args.mode} {args.config_file} on {args.device} ({torch.get_num_threads()} threads)")
+    print(f"# vocab_benchmark {args.config_file} on {args.device} ({torch.get_num_threads()} threads)")
     header = "| T | chunk | views | seconds | peak MiB |"
-    if args.mode == "model":
-        header += " text s | text peak MiB |"
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for num_classes in args.classes:
         for chunk in args.chunk:
-            cmd = [sys.executable, "-m", "dinov3seg.tools.vocab_benchmark", args.mode,
+            cmd = [sys.executable, "-m", "dinov3seg.tools.vocab_benchmark",
                    "--config-file", args.config_file, "--device", args.device, "--topk", str(args.topk),
-                   "--views", str(args.views), "--height", str(args.height), "--width", str(args.width),
-                   "--worker-classes", str(num_classes), "--worker-chunk", str(chunk)]
+                   "--views", str(args.views), "--worker-classes", str(num_classes), "--worker-chunk", str(chunk)]
             if args.opts:
                 cmd += ["--opts", *args.opts]
             proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -198,13 +154,10 @@ def main(argv=None) -> int:
             r = json.loads(lines[-1][len("RESULT "):])
             r.update(classes=num_classes, chunk=chunk)
             rows.append(r)
-            line = f"| {num_classes} | {chunk} | {r['views']} | {r['seconds']:.2f} | {_mib(r['peak'])} |"
-            if args.mode == "model":
-                line += f" {r['text_s']:.2f} | {_mib(r['text_peak'])} |"
-            print(line, flush=True)
+            print(f"| {num_classes} | {chunk} | {r['views']} | {r['seconds']:.2f} | {_mib(r['peak'])} |", flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"mode": args.mode, "config": args.config_file, "device": args.device,
+            json.dump({"config": args.config_file, "device": args.device,
                        "topk": args.topk, "rows": rows}, f, indent=2)
     return 0
 

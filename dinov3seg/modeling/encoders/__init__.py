@@ -1,1 +1,1 @@
-from .build import build_anyup, build_dinotxt, build_sam  # noqa: F401
+from .build import build_anyup, build_dinotxt, build_sam, sam_sizes  # noqa: F401

@@ -4,7 +4,7 @@ from typing import Optional
 from .anyup import AnyUp
 from .dinotxt import DINOTxt, DINOTxtTextTower, DINOTxtVisionHead
 from .dinov3 import DINOv3ViT
-from .sam import SAMPriorEncoder
+from .sam import SAM_VARIANTS, SAMPriorEncoder
 from .weights import WEIGHT_SPECS, load_strict, load_weight_file
 
 # Text-tower parameters trained by MODEL.DINOTXT.TEXT_FINETUNE="attention".
@@ -45,17 +45,23 @@ def build_anyup(cfg) -> Optional[AnyUp]:
     return AnyUp(qk_dim=c.QK_DIM, q_chunk_size=c.QUERY_CHUNK_SIZE or None).load_weights(c.WEIGHTS).requires_grad_(False)
 
 
+def sam_sizes(cfg) -> dict:
+    """Image-encoder sizes (embed_dim, depth, num_heads, global_attn_indexes) of MODEL.SAM.VARIANT."""
+    c = cfg.MODEL.SAM
+    if c.VARIANT == "custom":
+        return dict(embed_dim=c.EMBED_DIM, depth=c.DEPTH, num_heads=c.NUM_HEADS,
+                    global_attn_indexes=list(c.GLOBAL_ATTN_INDEXES))
+    if c.VARIANT not in SAM_VARIANTS:
+        raise ValueError(f"MODEL.SAM.VARIANT must be one of {sorted(SAM_VARIANTS)} or 'custom', got {c.VARIANT!r}")
+    return dict(SAM_VARIANTS[c.VARIANT])
+
+
 def build_sam(cfg, view_size: int) -> Optional[SAMPriorEncoder]:
     """Frozen SAM image encoder at the view size (or MODEL.SAM.INPUT_SIZE), or None when SAM guidance is off."""
     c = cfg.MODEL.SAM
     if not c.ENABLED:
         return None
-    sizes = {}
-    if c.VARIANT == "custom":
-        sizes = dict(embed_dim=c.EMBED_DIM, depth=c.DEPTH, num_heads=c.NUM_HEADS,
-                     global_attn_indexes=list(c.GLOBAL_ATTN_INDEXES))
-    elif c.VARIANT not in ("vit_l", "vit_b"):
-        raise ValueError(f"MODEL.SAM.VARIANT must be 'vit_l', 'vit_b' or 'custom', got {c.VARIANT!r}")
-    sam = SAMPriorEncoder(None if c.VARIANT == "custom" else c.VARIANT, c.INPUT_SIZE or view_size, **sizes)
+    variant = None if c.VARIANT == "custom" else c.VARIANT
+    sam = SAMPriorEncoder(variant, c.INPUT_SIZE or view_size, **sam_sizes(cfg))
     sam.load_weights(c.WEIGHTS)
     return sam

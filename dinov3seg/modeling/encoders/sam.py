@@ -16,9 +16,10 @@ from torch import nn
 
 from .weights import WEIGHT_SPECS, load_strict, load_weight_file
 
-__all__ = ["SAM_VARIANTS", "SAMPriorEncoder", "adapt_sam_state_dict"]
+__all__ = ["NECK_CHANNELS", "SAM_VARIANTS", "SAMPriorEncoder", "adapt_sam_state_dict"]
 
 PATCH_SIZE = 16
+NECK_CHANNELS = 256  # output channels of SAM's neck
 
 # Image-encoder sizes of the released SAM checkpoints (segment_anything/build_sam.py).
 SAM_VARIANTS: Dict[str, dict] = {
@@ -64,7 +65,7 @@ class SAMPriorEncoder(nn.Module):
     def __init__(self, variant: Optional[str] = "vit_l", image_size: int = 384, *,
                  embed_dim: Optional[int] = None, depth: Optional[int] = None, num_heads: Optional[int] = None,
                  global_attn_indexes: Optional[Sequence[int]] = None, window_size: int = 14,
-                 out_chans: int = 256):
+                 out_chans: int = NECK_CHANNELS):
         super().__init__()
         if image_size % PATCH_SIZE:
             raise ValueError(f"SAM image_size must be a multiple of {PATCH_SIZE}, got {image_size}")
