@@ -16,7 +16,7 @@ def sem_seg_bce_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_value: 
     """
     t = logits.shape[1]
     valid = targets != ignore_value
-    if (targets[valid] >= t).any() or (targets[valid] < 0).any():
+    if (valid & ((targets < 0) | (targets >= t))).any():  # one check (one host sync on GPU)
         raise ValueError(f"labels must lie in [0, {t}) or equal the ignore value {ignore_value}; "
                          f"found {targets[valid].unique().tolist()}")
     one_hot = F.one_hot(targets.masked_fill(~valid, 0), t).permute(0, 3, 1, 2).to(logits.dtype)

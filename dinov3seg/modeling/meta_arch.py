@@ -117,7 +117,7 @@ class DINOv3Seg(nn.Module):
     def trainable_state_dict(self) -> Dict[str, torch.Tensor]:
         """What a checkpoint holds: the head, plus any tuned encoder parameters. Frozen encoders are
         rebuilt from their own weight files."""
-        tuned = {f"{n}" for n, p in self.named_parameters() if p.requires_grad}
+        tuned = {n for n, p in self.named_parameters() if p.requires_grad}
         return {k: v for k, v in self.state_dict().items()
                 if k in tuned or not k.startswith(tuple(f"{m}." for m in self.ENCODERS))}
 
