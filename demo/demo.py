@@ -30,6 +30,7 @@ from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from dinov3seg.config import add_dinov3seg_config  # noqa: E402
+from dinov3seg.data.datasets.register_benchmarks import class_colors  # noqa: E402
 from dinov3seg.data.vocabulary import validate_vocabulary  # noqa: E402
 from dinov3seg.inference.predictor import VocabularyPredictor, read_image_rgb  # noqa: E402
 from dinov3seg.modeling.text_embeddings import split_synonyms  # noqa: E402
@@ -173,18 +174,6 @@ def expand_inputs(patterns: Sequence[str]) -> List[str]:
 
 
 # ---------------------------------------------------------------------------- drawing
-def class_colors(num_classes: int) -> np.ndarray:
-    """num_classes x 3 uint8 colours, well apart (golden-ratio hues, two brightness levels)."""
-    import colorsys
-
-    colors = []
-    for i in range(num_classes):
-        hue = (i * 0.618033988749895) % 1.0
-        value = 0.95 if i % 2 == 0 else 0.75
-        colors.append([round(c * 255) for c in colorsys.hsv_to_rgb(hue, 0.75, value)])
-    return np.array(colors, dtype=np.uint8).reshape(-1, 3)
-
-
 def _font(size: int):
     try:
         import matplotlib
@@ -199,7 +188,7 @@ def draw_overlay(
     image: np.ndarray, labels: np.ndarray, display_names: List[str], shares: List[float], alpha: float = 0.5
 ) -> Image.Image:
     """The label colours blended over the image, with a legend (classes present, by share) on the right."""
-    colors = class_colors(len(display_names))
+    colors = np.array(class_colors(len(display_names)), dtype=np.uint8).reshape(-1, 3)
     blended = (image.astype(np.float32) * (1 - alpha) + colors[labels].astype(np.float32) * alpha).astype(np.uint8)
     height, width = image.shape[:2]
 
