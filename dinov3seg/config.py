@@ -1,5 +1,15 @@
 """Config keys of dinov3seg. Every switch of DESIGN.md is one key here, set to its default."""
 from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
+
+
+def get_dinov3seg_cfg(config_file: str, opts=()):
+    """A Detectron2 config with the dinov3seg keys, merged with ``config_file`` and ``opts`` (KEY VALUE ...)."""
+    cfg = get_cfg()
+    add_dinov3seg_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    return cfg
 
 
 def add_dinov3seg_config(cfg):

@@ -4,7 +4,7 @@ import torch
 from dinov3seg.modeling.encoders.anyup import AnyUp
 from dinov3seg.modeling.encoders.dinov3 import DINOv3ViT
 from dinov3seg.tools import check_weights as cw
-from dinov3seg.tools.count_params import setup_cfg
+from dinov3seg.config import get_dinov3seg_cfg as setup_cfg
 
 EMPTY = ["MODEL.DINOV3.WEIGHTS", "", "MODEL.DINOTXT.WEIGHTS", "", "MODEL.ANYUP.WEIGHTS", "", "MODEL.SAM.WEIGHTS", ""]
 

@@ -7,7 +7,8 @@ import torch
 
 from dinov3seg.modeling.encoders.dinotxt import FILE_PREFIXES
 from dinov3seg.modeling.encoders.sam import SAMPriorEncoder
-from dinov3seg.tools.count_params import build_on_meta, count_params, format_params, setup_cfg
+from dinov3seg.config import get_dinov3seg_cfg as setup_cfg
+from dinov3seg.tools.count_params import build_on_meta, count_params, format_params
 
 
 @pytest.fixture(scope="module")

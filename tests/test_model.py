@@ -6,9 +6,8 @@ import pytest
 import torch
 
 import dinov3seg  # noqa: F401
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
-from dinov3seg import add_dinov3seg_config
+from dinov3seg import get_dinov3seg_cfg
 from dinov3seg.checkpoint import DINOv3SegCheckpointer
 from dinov3seg.modeling.loss import sem_seg_bce_loss
 
@@ -16,11 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def quickstart_cfg(*opts):
-    cfg = get_cfg()
-    add_dinov3seg_config(cfg)
-    cfg.merge_from_file(str(REPO / "configs/quickstart.yaml"))
-    cfg.merge_from_list(list(opts))
-    return cfg
+    return get_dinov3seg_cfg(str(REPO / "configs/quickstart.yaml"), opts)
 
 
 @pytest.fixture(scope="module")
@@ -161,16 +156,12 @@ def test_checkpoint_holds_only_trainable_state_and_round_trips(model, tmp_path):
 
 @pytest.mark.parametrize("path", sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml")))
 def test_every_config_loads(path):
-    cfg = get_cfg()
-    add_dinov3seg_config(cfg)
-    cfg.merge_from_file(str(REPO / path))
+    cfg = get_dinov3seg_cfg(str(REPO / path))
     assert cfg.MODEL.META_ARCHITECTURE == "DINOv3Seg"
 
 
 def test_paper_config_holds_the_recipe():
-    cfg = get_cfg()
-    add_dinov3seg_config(cfg)
-    cfg.merge_from_file(str(REPO / "configs/vitl_384.yaml"))
+    cfg = get_dinov3seg_cfg(str(REPO / "configs/vitl_384.yaml"))
     s = cfg.SOLVER
     assert (s.MAX_ITER, s.IMS_PER_BATCH, s.BASE_LR, s.ENCODER_LR_MULTIPLIER) == (80000, 4, 2e-4, 0.01)
     assert (s.OPTIMIZER, s.LR_SCHEDULER_NAME, s.WEIGHT_DECAY, s.CLIP_GRADIENTS.CLIP_VALUE) == \

@@ -39,7 +39,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from .count_params import COMPONENTS, WEIGHT_KEYS, build_on_meta, count_params, format_params, setup_cfg
+from ..config import get_dinov3seg_cfg
+from .count_params import COMPONENTS, WEIGHT_KEYS, build_on_meta, count_params, format_params
 
 PAPER = {
     "params_total": 1.1e9,
@@ -398,7 +399,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = setup_cfg(args.config_file, args.opts)
+    cfg = get_dinov3seg_cfg(args.config_file, args.opts)
     if args.params_only:
         print(format_params(count_params(build_on_meta(cfg))))
         return 0

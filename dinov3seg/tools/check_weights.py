@@ -25,7 +25,7 @@ from dinov3seg.modeling.encoders.sam import SAM_VARIANTS, SAMPriorEncoder, adapt
 from dinov3seg.modeling.encoders.weights import (WEIGHT_SPECS, WeightFileError, hash_suffix, load_strict,
                                                   load_weight_file, sha256_of)
 
-from .count_params import setup_cfg
+from ..config import get_dinov3seg_cfg
 
 
 @dataclass
@@ -152,7 +152,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="accept renamed or re-saved copies whose sha256 does not match the released name")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE ...")
     args = parser.parse_args(argv)
-    results = check_weights(setup_cfg(args.config_file, args.opts), check_hash=not args.no_hash_check)
+    results = check_weights(get_dinov3seg_cfg(args.config_file, args.opts), check_hash=not args.no_hash_check)
     for r in results:
         print(format_result(r), flush=True)
     failed = [r.key for r in results if r.status == "FAIL"]

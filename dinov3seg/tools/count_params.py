@@ -13,6 +13,8 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
+from ..config import get_dinov3seg_cfg
+
 # (component, dotted path of its module in DINOv3Seg, what it is). "head" counts sem_seg_head minus
 # its decoder; every parameter of the model falls in exactly one row (the rest goes to "other").
 COMPONENTS: List[Tuple[str, str, str]] = [
@@ -25,18 +27,6 @@ COMPONENTS: List[Tuple[str, str, str]] = [
     ("decoder", "sem_seg_head.decoder", "upsampling decoder"),
 ]
 WEIGHT_KEYS = ("MODEL.DINOV3.WEIGHTS", "MODEL.DINOTXT.WEIGHTS", "MODEL.ANYUP.WEIGHTS", "MODEL.SAM.WEIGHTS")
-
-
-def setup_cfg(config_file: str, opts: List[str]):
-    from detectron2.config import get_cfg
-
-    from dinov3seg import add_dinov3seg_config
-
-    cfg = get_cfg()
-    add_dinov3seg_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
-    return cfg
 
 
 def build_on_meta(cfg) -> nn.Module:
@@ -98,7 +88,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--json", default="", help="also write the counts to this JSON file")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE ...")
     args = parser.parse_args(argv)
-    counts = count_params(build_on_meta(setup_cfg(args.config_file, args.opts)))
+    counts = count_params(build_on_meta(get_dinov3seg_cfg(args.config_file, args.opts)))
     print(format_params(counts))
     if args.json:
         with open(args.json, "w") as f:

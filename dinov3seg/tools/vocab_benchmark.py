@@ -54,14 +54,9 @@ def measure(fn, device: torch.device):
 
 
 def setup_cfg(args, chunk: int):
-    from detectron2.config import get_cfg
+    from dinov3seg.config import get_dinov3seg_cfg
 
-    from dinov3seg.config import add_dinov3seg_config
-
-    cfg = get_cfg()
-    add_dinov3seg_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = get_dinov3seg_cfg(args.config_file, args.opts)
     cfg.MODEL.DINOV3SEG.CLASS_CHUNK_SIZE = chunk
     cfg.TEST.LGA.TOPK_CLASSES = args.topk
     cfg.MODEL.DEVICE = args.device
