@@ -86,9 +86,10 @@ def add_dinov3seg_config(cfg):
     cfg.MODEL.DINOV3SEG.CLASS_ATTENTION = "linear"  # "linear" or "full" (softmax) across classes
     cfg.MODEL.DINOV3SEG.DECODER_DIMS = [64, 32]  # channels of the 1/8 and 1/4 decoder stages
     cfg.MODEL.DINOV3SEG.DECODER_GUIDANCE_DIMS = [32, 16]  # SAM guidance channels at 1/8 and 1/4
-    # Classes per chunk through the per-class parts of the head at test time (0 = all at once).
+    # Classes per chunk through the per-class parts of the head at test time (0 = all at once); class
+    # refinement, which needs every class, takes pixels in groups of the same token count instead.
     # Bounds the head's working memory for large vocabularies; the logits are the same.
-    cfg.MODEL.DINOV3SEG.CLASS_CHUNK_SIZE = 128
+    cfg.MODEL.DINOV3SEG.CLASS_CHUNK_SIZE = 32
     # Loss: per-pixel BCE over one-hot classes. False: ignore pixels are excluded;
     # True: CAT-Seg's behaviour (ignore pixels are negatives for every class).
     cfg.MODEL.DINOV3SEG.IGNORE_AS_NEGATIVE = False

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dinov3seg.modeling.encoders.anyup import AnyUp
+from dinov3seg.modeling.encoders.anyup import AnyUp, LearnedFeatureUnification, PointwiseConv
 
 TOL = dict(atol=1e-4, rtol=1e-4)
 
@@ -33,6 +33,23 @@ def test_keys_match_manifest(parity_dir):
     own = {k: list(v.shape) for k, v in AnyUp().state_dict().items()}
     assert own == {k: v["shape"] for k, v in manifest.items()}
     assert sum(p.numel() for p in AnyUp().parameters()) == 878080
+
+
+def test_fast_layers_equal_their_convolutions():
+    """PointwiseConv is a 1x1 conv; the per-image, unfolded feature unification is the batched convolution
+    whose C x M responses are re-read as M x C (the official grouping, C != M here)."""
+    torch.manual_seed(0)
+    conv = PointwiseConv(6, 5)
+    x = torch.randn(2, 6, 7, 9)
+    torch.testing.assert_close(conv(x), F.conv2d(x, conv.weight))
+
+    lfu = LearnedFeatureUnification(num_filters=4, kernel_size=5)
+    b, c, h, w = 3, 10, 6, 7
+    features = torch.randn(b, c, h, w)
+    responses = F.conv2d(features.reshape(b * c, 1, h, w), lfu.basis, padding=2)
+    taps = F.conv2d(torch.ones(1, 1, h, w), torch.ones(1, 1, 5, 5), padding=2)
+    expected = (responses / taps).reshape(b, 4, c, h, w).softmax(dim=1).mean(dim=2)
+    torch.testing.assert_close(lfu(features), expected)
 
 
 @pytest.mark.parametrize("case", ["sq96", "rect128x192"])

@@ -25,6 +25,8 @@ def test_json_has_the_issue_keys(report):
     assert report["setting"]["views"] == 5  # canvas 192, view 128, stride 64: 2x2 windows + 1 global
     assert report["seconds_per_image"] > 0 and report["peak_memory_bytes"] >= 0
     assert report["vocabulary_encoding"]["classes"] == 3
+    # only contractions are counted, each multiply-add as 2 FLOPs, so the fvcore-style MAC count is exactly half
+    assert report["gmacs_per_image"] == pytest.approx(report["gflops_per_image"] / 2, rel=1e-12)
 
 
 def test_component_figures_sum_to_the_total(report):

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from dinov3seg.modeling.head.common import guided_linear
-from dinov3seg.modeling.head.decoder import UpsamplingStage
+from dinov3seg.modeling.head.decoder import UpsamplingDecoder, UpsamplingStage
 from dinov3seg.modeling.head.spatial_refinement import GuidedSwinBlock
 
 
@@ -32,6 +32,19 @@ def test_decoder_stage_equals_concatenation():
     x, guidance = torch.randn(b * t, c_in, 5, 5), torch.randn(b, g, 10, 10)
     expected = stage.conv(torch.cat([stage.up(x), guidance.repeat_interleave(t, dim=0)], dim=1))
     torch.testing.assert_close(stage(x, guidance), expected)
+
+
+def test_channels_last_decoder_equals_the_nchw_computation():
+    torch.manual_seed(0)
+    b, t = 2, 3
+    decoder = UpsamplingDecoder(16, (8, 4), (4, 2)).eval()
+    x = torch.randn(b, t, 16, 5, 5)
+    guidance = [torch.randn(b, 4, 10, 10), torch.randn(b, 2, 20, 20)]
+    y = x.flatten(0, 1)  # the contiguous NCHW path, stage by stage
+    for stage, g in zip(decoder.stages, guidance):
+        y = stage(y, g)
+    expected = decoder.head(y).view(b, t, 20, 20)
+    torch.testing.assert_close(decoder(x, guidance), expected)
 
 
 def test_swin_block_guidance_is_shared_per_view():

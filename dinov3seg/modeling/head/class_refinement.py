@@ -7,26 +7,15 @@ from torch import nn
 from .common import GuidedAttentionBlock
 
 
-def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk: int) -> torch.Tensor:
-    """Kernelised attention (feature map elu + 1), linear in the number of classes.
-
-    q, k, v: (N, heads, T, d). The key/value summary is accumulated over class chunks,
-    so the result does not depend on ``chunk``.
-    """
+def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Kernelised attention (feature map elu + 1), linear in the number of classes. q, k, v: (N, heads, T, d)."""
     q, k = F.elu(q) + 1, F.elu(k) + 1
-    kv = sum(torch.einsum("nhtd,nhte->nhde", kc, vc) for kc, vc in zip(k.split(chunk, 2), v.split(chunk, 2)))
-    k_sum = k.sum(dim=2)
-    out = [torch.einsum("nhtd,nhde->nhte", qc, kv) / (torch.einsum("nhtd,nhd->nht", qc, k_sum)[..., None] + 1e-6)
-           for qc in q.split(chunk, 2)]
-    return torch.cat(out, dim=2)
+    kv = torch.einsum("nhtd,nhte->nhde", k, v)
+    normaliser = torch.einsum("nhtd,nhd->nht", q, k.sum(dim=2))[..., None] + 1e-6
+    return torch.einsum("nhtd,nhde->nhte", q, kv) / normaliser
 
 
-def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk: int) -> torch.Tensor:
-    """Full softmax attention over classes, queries processed in chunks. q, k, v: (N, heads, T, d)."""
-    return torch.cat([F.scaled_dot_product_attention(qc, k, v) for qc in q.split(chunk, 2)], dim=2)
-
-
-ATTENTIONS = {"linear": linear_attention, "full": softmax_attention}
+ATTENTIONS = {"linear": linear_attention, "full": F.scaled_dot_product_attention}
 
 
 class ClassRefinement(GuidedAttentionBlock):
@@ -43,15 +32,30 @@ class ClassRefinement(GuidedAttentionBlock):
         self.attention = ATTENTIONS[attention]
 
     def forward(self, x: torch.Tensor, text: torch.Tensor, chunk: int = 0) -> torch.Tensor:
-        """x: (B, T, C, H, W); text: (B, T, G) guidance; chunk: classes per chunk (0 = all)."""
-        b, t, _, h, w = x.shape
-        chunk = chunk or t
-        tokens = rearrange(x, "b t c h w -> (b h w) t c")
-        normed = self.norm1(tokens)
+        """x: (B, T, C, H, W); text: (B, T, G) guidance. With ``chunk`` > 0 and T > chunk, pixels are refined
+        in groups holding as many tokens as ``chunk`` classes of a whole view, so the working memory stays that
+        of ``chunk`` classes (pixels are independent here: the result is the same)."""
+        b, t, c, h, w = x.shape
         guidance = self.guidance_norm(text)
+        to_tokens = lambda y: rearrange(y, "b t c n -> b n t c")  # noqa: E731
+        if not chunk or t <= chunk:
+            out = self._refine(to_tokens(x.flatten(3)), guidance)
+        else:  # only one pixel group at a time is copied to the token layout
+            out = x.new_empty(b, h * w, t, c)
+            step = max(1, h * w * chunk // t)
+            for i in range(b):
+                for s in range(0, h * w, step):
+                    group = to_tokens(x[i : i + 1].flatten(3)[..., s : s + step])
+                    out[i : i + 1, s : s + step] = self._refine(group, guidance[i : i + 1])
+        return rearrange(out, "b (h w) t c -> b t c h w", h=h)
+
+    def _refine(self, tokens: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
+        """tokens: (B, N, T, C), N pixels of each of B views; guidance: (B, T, G) normed. Returns (B, N, T, C)."""
+        x = tokens.flatten(0, 1)
+        normed = self.norm1(x)
         split = lambda y: rearrange(y, "n t (heads d) -> n heads t d", heads=self.num_heads)  # noqa: E731
         q, k = self.queries_and_keys(normed, guidance)
-        out = self.attention(split(q), split(k), split(self.v(normed)), chunk)
-        tokens = tokens + self.proj(rearrange(out, "n heads t d -> n t (heads d)"))
-        tokens = torch.cat([c + self.mlp(self.norm2(c)) for c in tokens.split(chunk, dim=1)], dim=1)
-        return rearrange(tokens, "(b h w) t c -> b t c h w", b=b, h=h)
+        out = self.attention(split(q), split(k), split(self.v(normed)))
+        x = x + self.proj(rearrange(out, "n heads t d -> n t (heads d)"))
+        x = x + self.mlp(self.norm2(x))
+        return x.view_as(tokens)

@@ -77,10 +77,17 @@ class DINOv3SegHead(nn.Module):
         return 0 if self.training else self.class_chunk_size
 
     def _per_class_chunks(self, fn, x: torch.Tensor, *args) -> torch.Tensor:
-        """Apply a per-class function to (B, T, ...) in chunks of classes (bounds peak memory)."""
+        """Apply a per-class function to (B, T, ...) in chunks of classes (bounds peak memory). Each chunk's
+        result is written into one preallocated output, so input + output are the only full-size tensors."""
         if not self.chunk or x.shape[1] <= self.chunk:
             return fn(x, *args)
-        return torch.cat([fn(c, *args) for c in x.split(self.chunk, dim=1)], dim=1)
+        out = None
+        for start in range(0, x.shape[1], self.chunk):
+            y = fn(x[:, start : start + self.chunk], *args)
+            if out is None:
+                out = y.new_empty(x.shape[:2] + y.shape[2:])
+            out[:, start : start + self.chunk] = y
+        return out
 
     def forward(self, patches: torch.Tensor, text: torch.Tensor, guidance: Optional[torch.Tensor] = None,
                 decoder_guidance: Optional[List[torch.Tensor]] = None, topk: int = 0) -> torch.Tensor:
