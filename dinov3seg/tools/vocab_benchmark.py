@@ -6,7 +6,7 @@
 The head is what grows with T, and alone it fits a CPU at full size. For the whole model (encoders, LGA,
 text) against T and image size use ``python -m dinov3seg.tools.benchmark --sweep``.
 
-Options: ``--classes 20 150 847 2000``, ``--chunk 0 64`` (MODEL.DINOV3SEG.CLASS_CHUNK_SIZE values to
+Options: ``--classes 20 150 847 2000``, ``--chunk 0 32`` (MODEL.DINOV3SEG.CLASS_CHUNK_SIZE values to
 compare), ``--topk K`` (TEST.LGA.TOPK_CLASSES), ``--views V`` (views per batch; 5 = 2x2 windows +
 global), ``--device cpu|cuda``, ``--opts KEY VALUE ...``.
 
@@ -114,7 +114,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--classes", type=int, nargs="+", default=list(DEFAULT_CLASSES))
-    parser.add_argument("--chunk", type=int, nargs="+", default=[0, 64], help="CLASS_CHUNK_SIZE values")
+    parser.add_argument("--chunk", type=int, nargs="+", default=[0, 32], help="CLASS_CHUNK_SIZE values")
     parser.add_argument("--topk", type=int, default=0, help="TEST.LGA.TOPK_CLASSES (0 = all classes)")
     parser.add_argument("--views", type=int, default=5, help="views per batch")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
