@@ -9,13 +9,16 @@
 #   OUTDIR  holds model_final.pth; results go to OUTDIR/eval/<dataset>/ and OUTDIR/results.{md,json}
 #   OPTS    config overrides, applied last (e.g. MODEL.WEIGHTS other.pth TEST.LGA.STRIDE 128)
 #
+# Test settings: LGA on, and CAT-Seg's reported-numbers protocol for large vocabularies: each view keeps its 256
+# highest-cost classes when a benchmark has more (A-847, PC-459; the rest get logit -100). That halves the
+# FLOPs at A-847 size (docs/benchmarks.md); pass TEST.LGA.TOPK_CLASSES 0 to keep every class.
 # Benchmarks whose data is not prepared are reported with the prepare command; the others still run.
 # Exit status: 0 if every benchmark ran, 1 if any is missing or failed, 2 on a usage error.
 # Environment: PYTHON (default: .venv/bin/python beside this script, else python), DETECTRON2_DATASETS (default: ./datasets),
 # TRAIN_NET (default: train_net.py beside this script).
 set -uo pipefail
 if [ $# -lt 3 ]; then
-  sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 fi
 config=$1; ngpus=$2; out=$3; shift 3
@@ -42,7 +45,7 @@ for name in $available; do
   echo "=== $name (log: $dir/eval.log)"
   "$PYTHON" "$train_net" --config-file "$config" --eval-only --num-gpus "$gpus" \
     OUTPUT_DIR "$dir" MODEL.WEIGHTS "$out/model_final.pth" DATASETS.TEST "(\"$name\",)" TEST.LGA.ENABLED True \
-    "${device[@]}" "$@" > "$dir/eval.log" 2>&1
+    TEST.LGA.TOPK_CLASSES 256 "${device[@]}" "$@" > "$dir/eval.log" 2>&1
   code=$?
   grep "copypaste" "$dir/eval.log"
   echo "$code" > "$dir/exit_code"
