@@ -40,7 +40,7 @@ class ClassRefinement(GuidedAttentionBlock):
         to_tokens = lambda y: rearrange(y, "b t c n -> b n t c")  # noqa: E731
         if not chunk or t <= chunk:
             out = self._refine(to_tokens(x.flatten(3)), guidance)
-        else:  # only one pixel group at a time is copied to the token layout
+        else:  # one pixel group at a time goes to the token layout
             out = x.new_empty(b, h * w, t, c)
             step = max(1, h * w * chunk // t)
             for i in range(b):
