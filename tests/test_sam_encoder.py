@@ -3,7 +3,7 @@ import json
 
 import pytest
 import torch
-from segment_anything.modeling.image_encoder import get_rel_pos
+from segment_anything.modeling.image_encoder import Block, get_rel_pos
 
 from dinov3seg.modeling.encoders.sam import SAMPriorEncoder, adapt_sam_state_dict
 
@@ -31,6 +31,21 @@ def test_tiny_view_outputs_and_hooks():
         assert len(encoder(torch.randn(1, 3, 384, 384))["guidance"]) == 2
     with pytest.raises(ValueError, match="384x384"):
         encoder(torch.randn(1, 3, 256, 256))
+
+
+@pytest.mark.parametrize("image_size", [384, 448])  # 24x24 grid: pads to 28x28 for 14x14 windows; 28x28: no pad
+def test_windowed_blocks_skip_the_padding_with_the_same_result(image_size):
+    torch.manual_seed(0)
+    encoder = SAMPriorEncoder(image_size=image_size, **TINY)
+    windowed = [b for b in encoder.image_encoder.blocks if b.window_size > 0]
+    assert len(windowed) == 2 and all("forward" in vars(b) for b in windowed)
+    grid = image_size // 16
+    with torch.no_grad():
+        for block in windowed:
+            for rel_pos in (block.attn.rel_pos_h, block.attn.rel_pos_w):
+                rel_pos.normal_()  # SAM initialises them to zero
+            x = torch.randn(2, grid, grid, 32)
+            torch.testing.assert_close(block(x), Block.forward(block, x), atol=1e-5, rtol=1e-5)
 
 
 def test_checkpoint_adaptation_matches_runtime_interpolation():

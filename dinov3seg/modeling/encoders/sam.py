@@ -4,14 +4,18 @@ The encoder is built for the view size (e.g. 384 -> a 24x24 token grid, aligned 
 1024-pixel checkpoint is adapted once at load time: ``pos_embed`` (64x64) is resampled bicubically to the
 grid, and the relative-position tables of the global-attention blocks (127 entries) are resampled linearly
 to 2 * grid - 1 entries, exactly the interpolation SAM's own ``get_rel_pos`` would apply on every forward.
-Windowed blocks keep their 14x14 windows (27-entry tables); SAM pads a 24x24 grid to 28x28 for them.
+Windowed blocks keep their 14x14 windows (27-entry tables); SAM pads a 24x24 grid to 28x28 for them, and
+``windowed_block_forward`` skips the projections of those pad tokens.
 """
+import types
 from functools import partial
 from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from segment_anything.modeling import ImageEncoderViT
+from segment_anything.modeling.image_encoder import Block, add_decomposed_rel_pos, window_partition, window_unpartition
 from torch import nn
 
 from .weights import WEIGHT_SPECS, load_strict, load_weight_file
@@ -51,6 +55,37 @@ def adapt_sam_state_dict(state_dict: Dict[str, torch.Tensor], encoder: ImageEnco
     return adapted
 
 
+def windowed_block_forward(block: Block, x: torch.Tensor) -> torch.Tensor:
+    """``block.forward`` of a windowed SAM block, computed without the work SAM spends on window padding.
+
+    SAM pads the normed token grid with zeros to whole windows, so a pad token's q, k and v are the qkv bias,
+    and the pad outputs are cropped after the output projection. Here qkv runs on the real tokens and is padded
+    with that bias, the output projection runs on the real tokens (576 of 784 at a 24x24 grid with 14x14
+    windows), and attention is one SDPA call with the decomposed relative-position bias as its additive mask.
+    Same result (tested against ``Block.forward``). x: [B, H, W, C] -> [B, H, W, C].
+    """
+    attn, window = block.attn, block.window_size
+    b, h, w, c = x.shape
+    qkv = attn.qkv(block.norm1(x))
+    hp, wp = h + (-h) % window, w + (-w) % window
+    if (hp, wp) != (h, w):
+        padded = (attn.qkv.bias if attn.qkv.bias is not None else qkv.new_zeros(3 * c)).expand(b, hp, wp, -1).clone()
+        padded[:, :h, :w] = qkv
+        qkv = padded
+    windows, _ = window_partition(qkv, window)  # [B * windows, window, window, 3C], already whole windows
+    q, k, v = rearrange(windows, "n wh ww (three heads d) -> three n heads (wh ww) d", three=3, heads=attn.num_heads)
+    mask = None
+    if attn.use_rel_pos:
+        n, heads, length, d = q.shape
+        mask = add_decomposed_rel_pos(q.new_zeros(n * heads, length, length), q.reshape(n * heads, length, d),
+                                      attn.rel_pos_h, attn.rel_pos_w, (window, window), (window, window))
+        mask = mask.view(n, heads, length, length)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # scale 1/sqrt(d), as SAM's attn.scale
+    out = rearrange(out, "n heads (wh ww) d -> n wh ww (heads d)", wh=window)
+    x = x + attn.proj(window_unpartition(out, window, (hp, wp), (h, w)))
+    return x + block.mlp(block.norm2(x))
+
+
 class SAMPriorEncoder(nn.Module):
     """Frozen SAM ViT image encoder returning its neck output and the global-attention block outputs.
 
@@ -86,6 +121,9 @@ class SAMPriorEncoder(nn.Module):
             norm_layer=partial(nn.LayerNorm, eps=1e-6), use_rel_pos=True, window_size=window_size,
             global_attn_indexes=self.global_attn_indexes,
         )
+        for block in self.image_encoder.blocks:
+            if block.window_size > 0:
+                block.forward = types.MethodType(windowed_block_forward, block)
         self.requires_grad_(False)
         self.eval()
         self._guidance: List[torch.Tensor] = []
