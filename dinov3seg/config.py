@@ -42,7 +42,7 @@ def add_dinov3seg_config(cfg):
 
     # --- AnyUp early refinement (frozen) ---
     cfg.MODEL.ANYUP = CN()
-    cfg.MODEL.ANYUP.ENABLED = True  # False: cost volume on the raw patch features
+    cfg.MODEL.ANYUP.ENABLED = True  # False: cost volume on the raw patch features (CAT-Seg has no refinement)
     cfg.MODEL.ANYUP.WEIGHTS = ""  # anyup_multi_backbone.pth (or anyup_paper.pth)
     # 16: refine in place on the patch grid; 8 or 4: upsample, build the cost volume there and
     # average-pool it back to the patch grid.
@@ -52,7 +52,9 @@ def add_dinov3seg_config(cfg):
 
     # --- SAM semantic prior encoder (frozen) ---
     cfg.MODEL.SAM = CN()
-    cfg.MODEL.SAM.ENABLED = True  # False: no guidance in spatial refinement and decoder
+    # False: no guidance in spatial refinement and decoder. (CAT-Seg takes its guidance from its CLIP
+    # encoder's own layers; DESIGN.md takes it from SAM: see docs/catseg_differences.md.)
+    cfg.MODEL.SAM.ENABLED = True
     cfg.MODEL.SAM.WEIGHTS = ""  # sam_vit_l_0b3195.pth or sam_vit_b_01ec64.pth
     cfg.MODEL.SAM.VARIANT = "vit_l"  # "vit_l", "vit_b" or "custom" (the three keys below)
     cfg.MODEL.SAM.EMBED_DIM = 1024  # used by "custom" only
@@ -75,20 +77,33 @@ def add_dinov3seg_config(cfg):
     # Prompt templates: "single", "imagenet" (the 80 ImageNet templates) or a path to a text file
     # with one template per line containing "{}".
     cfg.MODEL.DINOV3SEG.PROMPT_TEMPLATES = "single"
-    # Text halves that feed the cost volume: "local" (patch-aligned), "global" (CLS-aligned).
+    # Text halves that feed the cost volume: "local" (patch-aligned), "global" (CLS-aligned). ["local"] is
+    # CAT-Seg's one text embedding per prompt; both halves are DESIGN.md's departure.
     cfg.MODEL.DINOV3SEG.TEXT_CHANNELS = ["local", "global"]
     cfg.MODEL.DINOV3SEG.TEXT_CACHE_DIR = ""  # "" = in-memory text cache only
     cfg.MODEL.DINOV3SEG.COST_EMBED_DIM = 128  # channels after the per-class 7x7 cost embedding
-    cfg.MODEL.DINOV3SEG.GUIDANCE_DIM = 128  # projected SAM / text guidance width
+    cfg.MODEL.DINOV3SEG.GUIDANCE_DIM = 128  # projected SAM (appearance) guidance width
+    cfg.MODEL.DINOV3SEG.TEXT_GUIDANCE_DIM = 128  # projected text guidance width
     cfg.MODEL.DINOV3SEG.NUM_REFINEMENT_ROUNDS = 2  # rounds of (spatial + class) refinement
     cfg.MODEL.DINOV3SEG.WINDOW_SIZE = 12  # Swin window on the patch grid (shift = half of it)
     cfg.MODEL.DINOV3SEG.NUM_HEADS = 4  # heads of spatial and class attention
     cfg.MODEL.DINOV3SEG.CLASS_ATTENTION = "linear"  # "linear" or "full" (softmax) across classes
+    # Class aggregation average-pools the cost embedding by this much (CAT-Seg's POOLING_SIZES: [2, 2] in
+    # training; eval.sh uses [1, 1] at test time, as CAT-Seg's eval.sh does).
+    cfg.MODEL.DINOV3SEG.CLASS_POOLING = [2, 2]
+    # Classes seen by class attention (CAT-Seg's pad_len): fewer classes are padded to this many with a learned
+    # token; with more, each view keeps the CLASS_PAD_LEN classes of highest cost and the rest get logit -100.
+    # 0 = no padding and no pruning (a different model: no padding parameters). Any positive value loads the same
+    # weights, so at test time a value >= the vocabulary size keeps every class.
+    cfg.MODEL.DINOV3SEG.CLASS_PAD_LEN = 256
     cfg.MODEL.DINOV3SEG.DECODER_DIMS = [64, 32]  # channels of the 1/8 and 1/4 decoder stages
     cfg.MODEL.DINOV3SEG.DECODER_GUIDANCE_DIMS = [32, 16]  # SAM guidance channels at 1/8 and 1/4
+    # Channels of the transposed convs that bring the SAM maps to 1/8 and 1/4 before the 3x3 conv + ReLU to
+    # DECODER_GUIDANCE_DIMS (CAT-Seg's upsample1/2 and decoder guidance projections)
+    cfg.MODEL.DINOV3SEG.DECODER_GUIDANCE_UPSAMPLE_DIMS = [256, 128]
     # Classes per chunk through the per-class parts of the head at test time (0 = all at once); class
     # refinement, which needs every class, takes pixels in groups of the same token count instead.
-    # Bounds the head's working memory for large vocabularies; the logits are the same.
+    # Bounds the head's working memory for large vocabularies; the logits are the same (0 = CAT-Seg's one pass).
     cfg.MODEL.DINOV3SEG.CLASS_CHUNK_SIZE = 32
     # Loss: per-pixel BCE over one-hot classes. False: ignore pixels are excluded;
     # True: CAT-Seg's behaviour (ignore pixels are negatives for every class).
@@ -105,7 +120,6 @@ def add_dinov3seg_config(cfg):
     cfg.TEST.LGA.GLOBAL_VIEW = True  # add the whole image resized to one view
     cfg.TEST.LGA.GLOBAL_WEIGHT = 0.5  # weight of the global view in the final average
     cfg.TEST.LGA.AVERAGE = "probabilities"  # average "probabilities" (sigmoid) or "logits"
-    cfg.TEST.LGA.TOPK_CLASSES = 0  # keep the top-k classes per view (0 = all); an approximation
 
     # --- Evaluation ---
     # Also report mIoU on classes seen / unseen in training (DATASETS.TRAIN[0]'s vocabulary,

@@ -57,7 +57,7 @@ class DINOv3Seg(nn.Module):
                  sem_seg_head: nn.Module, text_embedder: TextEmbedder, lga: LocalGlobalAggregation,
                  pixel_mean, pixel_std, view_size: int, use_vision_head: bool, anyup_output_stride: int,
                  sam_decoder_guidance: List[int], train_class_names: List[str], test_class_names: List[str],
-                 ignore_value: int, ignore_as_negative: bool, precision: str, topk_classes: int):
+                 ignore_value: int, ignore_as_negative: bool, precision: str):
         super().__init__()
         self.dinotxt, self.anyup, self.sam = dinotxt, anyup, sam
         self.sem_seg_head = sem_seg_head
@@ -74,7 +74,6 @@ class DINOv3Seg(nn.Module):
         self.ignore_value = ignore_value
         self.ignore_as_negative = ignore_as_negative
         self.precision = precision
-        self.topk_classes = topk_classes
 
     @classmethod
     def from_config(cls, cfg):
@@ -103,8 +102,7 @@ class DINOv3Seg(nn.Module):
             view_size=view, use_vision_head=cfg.MODEL.DINOTXT.USE_VISION_HEAD, anyup_output_stride=stride,
             sam_decoder_guidance=cfg.MODEL.SAM.DECODER_GUIDANCE, train_class_names=train_names,
             test_class_names=test_names, ignore_value=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
-            ignore_as_negative=head_cfg.IGNORE_AS_NEGATIVE, precision=head_cfg.PRECISION,
-            topk_classes=cfg.TEST.LGA.TOPK_CLASSES)
+            ignore_as_negative=head_cfg.IGNORE_AS_NEGATIVE, precision=head_cfg.PRECISION)
 
     @property
     def device(self) -> torch.device:
@@ -149,8 +147,7 @@ class DINOv3Seg(nn.Module):
                     x, size=(grid, grid), mode="bilinear", align_corners=False)
                 guidance = on_grid(sam_out["neck"])
                 decoder_guidance = [on_grid(sam_out["guidance"][i]) for i in self.sam_decoder_guidance]
-        topk = 0 if self.training else self.topk_classes
-        return self.sem_seg_head(patches, text, guidance, decoder_guidance, topk=topk)
+        return self.sem_seg_head(patches, text, guidance, decoder_guidance)
 
     def forward(self, batched_inputs: List[Dict[str, torch.Tensor]]):
         """batched_inputs: Detectron2 dicts with "image" (3, H, W) RGB 0-255, "sem_seg" (H, W) in

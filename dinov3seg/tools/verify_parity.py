@@ -217,10 +217,68 @@ def check_anyup(blob: dict, path: Path) -> Iterator[Comparison]:
         yield f"{name}/out_default(q_chunk_size=1000)", model(image, feats, q_chunk_size=1000), ours["out_default"]
 
 
+def build_catseg_head(config: dict, class_chunk_size: int = 0):
+    """Our head in its CAT-Seg configuration from a fixture config (CAT-Seg's ``Aggregator`` arguments).
+
+    CAT-Seg's one text embedding per prompt is our patch-aligned half alone (TEXT_CHANNELS ["local"], one
+    template per prompt channel); its appearance guidance takes the place of our SAM neck, and its decoder
+    features (before ``upsample1`` / ``upsample2``) that of our hooked SAM maps.
+    """
+    from detectron2.layers import ShapeSpec
+
+    from dinov3seg.modeling.head import DINOv3SegHead
+
+    a = config["aggregator"]
+    dim = a["text_guidance_dim"]
+    require(dim > 0 and len(a["decoder_dims"]) == 2 and a["window_size"] > 0,
+            f"unsupported CAT-Seg Aggregator config (needs text guidance and two decoder stages): {a}")
+    shape = {"patches": ShapeSpec(channels=dim, stride=16), "text": ShapeSpec(channels=2 * dim)}
+    if a["appearance_guidance_dim"] > 0:
+        shape["guidance"] = ShapeSpec(channels=a["appearance_guidance_dim"], stride=16)
+    if a["decoder_guidance_dims"][0] > 0:
+        shape["decoder_guidance"] = ShapeSpec(channels=config["decoder_feature_dim"], stride=16)
+    else:
+        require(not any(a["decoder_guidance_proj_dims"]), f"decoder guidance projected from nothing: {a}")
+    pooling = a["pooling_size"] if a["pooling_size"] is not None else (1, 1)
+    return DINOv3SegHead(
+        input_shape=shape, text_channels=["local"], num_templates=a["prompt_channel"], embed_dim=a["hidden_dim"],
+        guidance_dim=a["appearance_guidance_proj_dim"], text_guidance_dim=a["text_guidance_proj_dim"],
+        num_rounds=a["num_layers"], window_size=a["window_size"], num_heads=a["nheads"],
+        class_attention=a["attention_type"], class_pooling=tuple(pooling), pad_len=a["pad_len"],
+        decoder_dims=a["decoder_dims"], decoder_guidance_dims=a["decoder_guidance_proj_dims"],
+        decoder_guidance_upsample_dims=a["decoder_guidance_dims"], class_chunk_size=class_chunk_size).eval()
+
+
+def check_catseg_aggregator(blob: dict, path: Path) -> Iterator[Comparison]:
+    """Our head against CAT-Seg's Aggregator: logits, cost volume and upsampled decoder guidance, in one pass
+    and with classes in chunks of 3 (the test-time memory bound)."""
+    from dinov3seg.modeling.head.catseg_weights import checkpoint_filter_fn
+    from dinov3seg.modeling.head.cost_volume import cosine_cost_volume
+
+    require(state_dict_sha256(blob["state_dict"]) == blob["state_dict_sha256"], "state_dict sha256 mismatch")
+    state = checkpoint_filter_fn(blob["state_dict"])
+    heads = [build_catseg_head(blob["config"], chunk) for chunk in (0, 3)]
+    for head in heads:
+        head.load_state_dict(state, strict=True)
+    for name, inp in blob["inputs"].items():
+        text = inp["text_feats"]  # B, T, P, C
+        require(bool((text == text[:1]).all()), f"{name}: text_feats differ across the batch (one vocabulary)")
+        text = torch.cat([torch.zeros_like(text[0]), text[0]], dim=-1)  # T, P, 2C: CAT-Seg's text = our local half
+        features = inp["decoder_features"] if heads[0].decoder_guidance_projections is not None else None
+        guidance = inp["appearance_guidance"] if heads[0].guidance_projection is not None else None
+        args = (inp["img_feats"], text, guidance, features)
+        ours = {"logits": heads[0](*args), "corr": cosine_cost_volume(inp["img_feats"], text[..., text.shape[-1] // 2:])}
+        if features is not None:
+            ours["decoder_guidance"] = [p[0](f) for p, f in zip(heads[0].decoder_guidance_projections, features)]
+        yield from paired(f"{name}/", ours, blob["outputs"][name])
+        yield f"{name}/logits(class_chunk_size=3)", heads[1](*args), blob["outputs"][name]["logits"]
+
+
 PARITY_CHECKS: Dict[str, Callable[[dict, Path], Iterator[Comparison]]] = {
     "dinov3_vit": check_dinov3_vit,
     "dinotxt": check_dinotxt,
     "anyup": check_anyup,
+    "catseg_aggregator": check_catseg_aggregator,
 }
 
 

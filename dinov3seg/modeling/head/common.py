@@ -1,14 +1,10 @@
 """Layers shared by the spatial and class refinement blocks."""
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Type
 
 import torch
 import torch.nn.functional as F
+from timm.layers import Mlp
 from torch import nn
-
-
-def mlp(dim: int, ratio: float = 4.0) -> nn.Sequential:
-    hidden = int(dim * ratio)
-    return nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
 
 def guided_linear(layer: nn.Linear, tokens: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
@@ -25,24 +21,26 @@ def guided_linear(layer: nn.Linear, tokens: torch.Tensor, guidance: torch.Tensor
 
 class GuidedAttentionBlock(nn.Module):
     """Pre-norm attention block whose queries and keys see [token ; guidance] and values the token only,
-    so guidance steers where information flows without being mixed into the cost embedding.
-    Subclasses decide which tokens attend to each other."""
+    so guidance steers where information flows without being mixed into the cost embedding (CAT-Seg's
+    guided attention). The guidance arrives already normalised, or not at all: CAT-Seg normalises the
+    image guidance once per spatial layer and feeds the text guidance as projected. Subclasses decide which
+    tokens attend to each other; ``out_proj`` and ``act_layer`` follow CAT-Seg's Swin (True, GELU) and class
+    (False, ReLU) layers."""
 
-    def __init__(self, dim: int, guidance_dim: int, num_heads: int):
+    def __init__(self, dim: int, guidance_dim: int, num_heads: int, act_layer: Type[nn.Module], out_proj: bool):
         super().__init__()
         self.num_heads = num_heads
         self.norm1 = nn.LayerNorm(dim)
-        self.guidance_norm = nn.LayerNorm(guidance_dim) if guidance_dim > 0 else None
         self.q = nn.Linear(dim + guidance_dim, dim)
         self.k = nn.Linear(dim + guidance_dim, dim)
         self.v = nn.Linear(dim, dim)
-        self.proj = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim) if out_proj else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = mlp(dim)
+        self.mlp = Mlp(dim, 4 * dim, act_layer=act_layer)
 
     def queries_and_keys(self, tokens: torch.Tensor,
                          guidance: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Normed tokens (B * N, ..., C) and normed guidance (B, ..., G) or None -> q, k (B * N, ..., C)."""
+        """Normed tokens (B * N, ..., C) and guidance (B, ..., G) or None -> q, k (B * N, ..., C)."""
         if guidance is None:
             return self.q(tokens), self.k(tokens)
         return guided_linear(self.q, tokens, guidance), guided_linear(self.k, tokens, guidance)

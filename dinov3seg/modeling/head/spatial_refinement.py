@@ -27,17 +27,19 @@ class GuidedSwinBlock(GuidedAttentionBlock):
     """One (shifted-)window attention block over each class's cost map, guided by image features."""
 
     def __init__(self, dim: int, guidance_dim: int, num_heads: int, window: int, shift: int):
-        super().__init__(dim, guidance_dim, num_heads)
+        super().__init__(dim, guidance_dim, num_heads, act_layer=nn.GELU, out_proj=True)
         self.window, self.shift = window, shift
 
     def forward(self, x: torch.Tensor, guidance: Optional[torch.Tensor]) -> torch.Tensor:
         """x: (N, H, W, C) cost tokens, N = B * T (classes of one view consecutive); guidance: (B, H, W, G),
-        shared by the T classes of each view, or None. Returns (N, H, W, C)."""
+        normed, shared by the T classes of each view, or None. Returns (N, H, W, C)."""
         n, h, w, c = x.shape
+        # As Swin (and CAT-Seg): a map no larger than the window is one unshifted window.
+        window = min(self.window, h, w)
+        shift = self.shift if min(h, w) > self.window else 0
         # Pad to whole windows, then shift cyclically.
-        pad_h, pad_w = (-h) % self.window, (-w) % self.window
+        pad_h, pad_w = (-h) % window, (-w) % window
         hp, wp = h + pad_h, w + pad_w
-        shift = self.shift if min(hp, wp) > self.window else 0
 
         def to_grid(y: torch.Tensor) -> torch.Tensor:
             y = F.pad(y, (0, 0, 0, pad_w, 0, pad_h))
@@ -45,18 +47,18 @@ class GuidedSwinBlock(GuidedAttentionBlock):
 
         tokens = to_grid(self.norm1(x))
         if guidance is not None:
-            guidance = to_grid(self.guidance_norm(guidance))
+            guidance = to_grid(guidance)
         q, k = self.queries_and_keys(tokens, guidance)
         to_windows = "n (nh wh) (nw ww) (heads d) -> (n nh nw) heads (wh ww) d"
-        sizes = dict(wh=self.window, ww=self.window, heads=self.num_heads)
+        sizes = dict(wh=window, ww=window, heads=self.num_heads)
         q, k, v = (rearrange(y, to_windows, **sizes) for y in (q, k, self.v(tokens)))
         mask = None
         if shift:
-            mask = shifted_window_mask(hp, wp, self.window, shift, x.device)
+            mask = shifted_window_mask(hp, wp, window, shift, x.device)
             mask = mask.repeat(n, 1, 1)[:, None]  # (n * windows, 1, L, L)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         out = rearrange(out, "(n nh nw) heads (wh ww) d -> n (nh wh) (nw ww) (heads d)",
-                        n=n, nh=hp // self.window, wh=self.window, ww=self.window)
+                        n=n, nh=hp // window, wh=window, ww=window)
         if shift:
             out = out.roll((shift, shift), dims=(1, 2))
         x = x + self.proj(out[:, :h, :w])
@@ -64,10 +66,12 @@ class GuidedSwinBlock(GuidedAttentionBlock):
 
 
 class SpatialRefinement(nn.Module):
-    """Two Swin blocks (plain windows, then windows shifted by half) over each class's cost map."""
+    """Two Swin blocks (plain windows, then windows shifted by half) over each class's cost map; one
+    guidance LayerNorm shared by both blocks (CAT-Seg's ``SwinTransformerBlockWrapper``)."""
 
     def __init__(self, dim: int, guidance_dim: int, num_heads: int, window: int):
         super().__init__()
+        self.guidance_norm = nn.LayerNorm(guidance_dim) if guidance_dim > 0 else None
         self.blocks = nn.ModuleList(
             GuidedSwinBlock(dim, guidance_dim, num_heads, window, shift) for shift in (0, window // 2)
         )
@@ -77,7 +81,7 @@ class SpatialRefinement(nn.Module):
         b = x.shape[0]
         x = rearrange(x, "b t c h w -> (b t) h w c")
         if guidance is not None:
-            guidance = guidance.permute(0, 2, 3, 1)  # B, H, W, G (broadcast over classes in the blocks)
+            guidance = self.guidance_norm(guidance.permute(0, 2, 3, 1))  # B, H, W, G (shared by the classes)
         for block in self.blocks:
             x = block(x, guidance)
         return rearrange(x, "(b t) h w c -> b t c h w", b=b)
