@@ -43,7 +43,7 @@ def full_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, padding: P
     v = torch.cat([v, v_pad[None, :, None].expand(n, heads, 1, d)], dim=2)
     bias = q.new_zeros(t + 1)
     bias[-1] = math.log(count)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias[None])
 
 
 ATTENTIONS = {"linear": linear_attention, "full": full_attention}
