@@ -87,17 +87,20 @@ def test_class_chunks_do_not_change_the_logits():
         assert b.train().sem_seg_head.chunk == 0  # test-time memory bound only
 
 
-def test_topk_pruning_keeps_k_classes_and_marks_the_rest(model):
+def test_classes_beyond_pad_len_are_pruned_per_view_and_marked(model):
+    """CLASS_PAD_LEN is the one class-count mechanism: T > pad_len keeps the top pad_len classes per view (the rest
+    get logit -100); any positive pad_len loads the same weights, and one >= T keeps every class."""
     model.eval()
-    model.topk_classes = 4
-    try:
-        with torch.no_grad():
-            text = model.text_embedder(names(10))
-            logits = model.segment_views(torch.randn(2, 3, 128, 128), text)
-    finally:
-        model.topk_classes = 0
-    pruned = (logits == -100.0).all(dim=(2, 3))
-    assert pruned.sum(dim=1).tolist() == [6, 6]
+    assert model.sem_seg_head.pad_len == 12  # quickstart.yaml
+    wide = build_model(quickstart_cfg("MODEL.DINOV3SEG.CLASS_PAD_LEN", 64)).eval()
+    wide.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        text = model.text_embedder(names(20))
+        views = torch.randn(2, 3, 128, 128)
+        pruned = (model.segment_views(views, text) == -100.0).all(dim=(2, 3))
+        kept_all = (wide.segment_views(views, text) == -100.0).all(dim=(2, 3))
+    assert pruned.sum(dim=1).tolist() == [8, 8]
+    assert not kept_all.any()
 
 
 def striped_batch(b, t, size=128):
