@@ -9,9 +9,9 @@
 #   OUTDIR  holds model_final.pth; results go to OUTDIR/eval/<dataset>/ and OUTDIR/results.{md,json}
 #   OPTS    config overrides, applied last (e.g. MODEL.WEIGHTS other.pth TEST.LGA.STRIDE 128)
 #
-# Test settings: LGA on, and CAT-Seg's reported-numbers protocol for large vocabularies: each view keeps its 256
-# highest-cost classes when a benchmark has more (A-847, PC-459; the rest get logit -100). That halves the
-# FLOPs at A-847 size (docs/benchmarks.md); pass TEST.LGA.TOPK_CLASSES 0 to keep every class.
+# Test settings: LGA on, and CAT-Seg's reported-numbers protocol: class pooling 1x1 at test, and each view keeps its
+# MODEL.DINOV3SEG.CLASS_PAD_LEN (256) highest-cost classes when a benchmark has more (A-847, PC-459; the rest get
+# logit -100), which halves the FLOPs there (docs/benchmarks.md); pass MODEL.DINOV3SEG.CLASS_PAD_LEN 1000 to keep all.
 # Benchmarks whose data is not prepared are reported with the prepare command; the others still run.
 # Exit status: 0 if every benchmark ran, 1 if any is missing or failed, 2 on a usage error.
 # Environment: PYTHON (default: .venv/bin/python beside this script, else python), DETECTRON2_DATASETS (default: ./datasets),
@@ -45,7 +45,7 @@ for name in $available; do
   echo "=== $name (log: $dir/eval.log)"
   "$PYTHON" "$train_net" --config-file "$config" --eval-only --num-gpus "$gpus" \
     OUTPUT_DIR "$dir" MODEL.WEIGHTS "$out/model_final.pth" DATASETS.TEST "(\"$name\",)" TEST.LGA.ENABLED True \
-    TEST.LGA.TOPK_CLASSES 256 "${device[@]}" "$@" > "$dir/eval.log" 2>&1
+    MODEL.DINOV3SEG.CLASS_POOLING "[1,1]" "${device[@]}" "$@" > "$dir/eval.log" 2>&1
   code=$?
   grep "copypaste" "$dir/eval.log"
   echo "$code" > "$dir/exit_code"

@@ -9,6 +9,10 @@ import os
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
+# Version of what a checkpoint's "model" holds; bump it when saved parameters change meaning.
+# 1 (no "format" key): the head before CAT-Seg parity (issue 10). 2: the head computes CAT-Seg's Aggregator.
+CHECKPOINT_FORMAT = 2
+
 
 class DINOv3SegCheckpointer(DetectionCheckpointer):
     """DetectionCheckpointer that saves ``model.trainable_state_dict()`` and loads it strictly."""
@@ -16,7 +20,7 @@ class DINOv3SegCheckpointer(DetectionCheckpointer):
     def save(self, name: str, **kwargs) -> None:
         if not self.save_dir or not self.save_to_disk:
             return
-        data = {"model": self.model.trainable_state_dict()}
+        data = {"model": self.model.trainable_state_dict(), "format": CHECKPOINT_FORMAT}
         data.update({key: obj.state_dict() for key, obj in self.checkpointables.items()})
         data.update(kwargs)
         path = os.path.join(self.save_dir, f"{name}.pth")
@@ -32,6 +36,13 @@ class DINOv3SegCheckpointer(DetectionCheckpointer):
             return torch.load(f, map_location="cpu", weights_only=True)
 
     def _load_model(self, checkpoint):
+        found = checkpoint.get("format", 1)
+        if found != CHECKPOINT_FORMAT:
+            raise ValueError(
+                f"this checkpoint was saved by an older dinov3seg (checkpoint format {found}, this version reads "
+                f"{CHECKPOINT_FORMAT}): its head predates the CAT-Seg head (class-axis padding, pooled class "
+                "attention, new decoder guidance) and its weights cannot be loaded into the current head. "
+                "Retrain with this version, or evaluate it with the dinov3seg version that trained it.")
         state = checkpoint["model"]
         expected = set(self.model.trainable_state_dict())
         missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)

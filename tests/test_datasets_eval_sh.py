@@ -19,7 +19,7 @@ FAKE_TRAIN_NET = textwrap.dedent('''
     opts = dict(zip(args[5::2], args[6::2]))
     name = opts["DATASETS.TEST"].strip("()\\"',")
     assert opts["TEST.LGA.ENABLED"] == "True" and opts["MODEL.DEVICE"] == "cpu" and args[4] == "1"
-    assert opts["TEST.LGA.TOPK_CLASSES"] == "256"  # CAT-Seg's protocol for A-847 / PC-459
+    assert opts["MODEL.DINOV3SEG.CLASS_POOLING"] == "[1,1]"  # CAT-Seg's test protocol
     if name == "voc_2012_background_sem_seg_val":
         sys.exit("boom")  # a failing benchmark
     os.makedirs(opts["OUTPUT_DIR"], exist_ok=True)

@@ -8,7 +8,7 @@ import torch
 import dinov3seg  # noqa: F401
 from detectron2.modeling import build_model
 from dinov3seg import get_dinov3seg_cfg
-from dinov3seg.checkpoint import DINOv3SegCheckpointer
+from dinov3seg.checkpoint import CHECKPOINT_FORMAT, DINOv3SegCheckpointer
 from dinov3seg.modeling.loss import sem_seg_bce_loss
 
 REPO = Path(__file__).resolve().parents[1]
@@ -151,8 +151,11 @@ def test_checkpoint_holds_only_trainable_state_and_round_trips(model, tmp_path):
     DINOv3SegCheckpointer(other).load(str(tmp_path / "ckpt.pth"))
     for k, v in saved.items():
         torch.testing.assert_close(other.state_dict()[k], v)
+    torch.save({"model": saved}, tmp_path / "old.pth")  # saved before the format key: the pre-CAT-Seg head
+    with pytest.raises(ValueError, match="older dinov3seg .* cannot be loaded into the current head"):
+        DINOv3SegCheckpointer(other).load(str(tmp_path / "old.pth"))
     saved.pop(next(iter(saved)))
-    torch.save({"model": saved}, tmp_path / "broken.pth")
+    torch.save({"model": saved, "format": CHECKPOINT_FORMAT}, tmp_path / "broken.pth")
     with pytest.raises(KeyError, match="missing"):
         DINOv3SegCheckpointer(other).load(str(tmp_path / "broken.pth"))
 
