@@ -7,7 +7,7 @@ from dinov3seg.tools import vocab_benchmark
 
 
 def test_head_worker_runs_and_measures():
-    args = argparse.Namespace(config_file="configs/quickstart.yaml", opts=[], topk=0, device="cpu", views=2)
+    args = argparse.Namespace(config_file="configs/quickstart.yaml", opts=[], pad_len=None, device="cpu", views=2)
     for chunk in (0, 2):
         r = vocab_benchmark.run_head(args, num_classes=5, chunk=chunk)
         assert r["views"] == 2 and r["seconds"] > 0 and r["peak"] >= 0

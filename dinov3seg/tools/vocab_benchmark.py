@@ -7,7 +7,7 @@ The head is what grows with T, and alone it fits a CPU at full size. For the who
 text) against T and image size use ``python -m dinov3seg.tools.benchmark --sweep``.
 
 Options: ``--classes 20 150 847 2000``, ``--chunk 0 32`` (MODEL.DINOV3SEG.CLASS_CHUNK_SIZE values to
-compare), ``--topk K`` (TEST.LGA.TOPK_CLASSES), ``--views V`` (views per batch; 5 = 2x2 windows +
+compare), ``--pad-len K`` (MODEL.DINOV3SEG.CLASS_PAD_LEN; >= T keeps every class), ``--views V`` (views per batch; 5 = 2x2 windows +
 global), ``--device cpu|cuda``, ``--opts KEY VALUE ...``.
 
 Peak memory is what the measured call adds on top of what was allocated before it: on CUDA
@@ -58,7 +58,8 @@ def setup_cfg(args, chunk: int):
 
     cfg = get_dinov3seg_cfg(args.config_file, args.opts)
     cfg.MODEL.DINOV3SEG.CLASS_CHUNK_SIZE = chunk
-    cfg.TEST.LGA.TOPK_CLASSES = args.topk
+    if args.pad_len is not None:
+        cfg.MODEL.DINOV3SEG.CLASS_PAD_LEN = args.pad_len
     cfg.MODEL.DEVICE = args.device
     return cfg
 
@@ -96,8 +97,8 @@ def run_head(args, num_classes: int, chunk: int) -> dict:
         else torch.autocast("cpu", enabled=False)
     )
     with torch.no_grad(), autocast:
-        head(patches, text[:2], guidance, decoder_guidance, topk=0)  # warm-up
-        seconds, peak = measure(lambda: head(patches, text, guidance, decoder_guidance, topk=args.topk), device)
+        head(patches, text[:2], guidance, decoder_guidance)  # warm-up
+        seconds, peak = measure(lambda: head(patches, text, guidance, decoder_guidance), device)
     return {"seconds": seconds, "peak": peak, "views": v}
 
 
@@ -115,7 +116,8 @@ def main(argv=None) -> int:
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--classes", type=int, nargs="+", default=list(DEFAULT_CLASSES))
     parser.add_argument("--chunk", type=int, nargs="+", default=[0, 32], help="CLASS_CHUNK_SIZE values")
-    parser.add_argument("--topk", type=int, default=0, help="TEST.LGA.TOPK_CLASSES (0 = all classes)")
+    parser.add_argument("--pad-len", type=int, help="MODEL.DINOV3SEG.CLASS_PAD_LEN (default: the config's; "
+                        ">= T keeps every class)")
     parser.add_argument("--views", type=int, default=5, help="views per batch")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", help="also write the table as JSON here")
@@ -135,8 +137,10 @@ def main(argv=None) -> int:
     for num_classes in args.classes:
         for chunk in args.chunk:
             cmd = [sys.executable, "-m", "dinov3seg.tools.vocab_benchmark",
-                   "--config-file", args.config_file, "--device", args.device, "--topk", str(args.topk),
+                   "--config-file", args.config_file, "--device", args.device,
                    "--views", str(args.views), "--worker-classes", str(num_classes), "--worker-chunk", str(chunk)]
+            if args.pad_len is not None:
+                cmd += ["--pad-len", str(args.pad_len)]
             if args.opts:
                 cmd += ["--opts", *args.opts]
             proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -153,7 +157,7 @@ def main(argv=None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"config": args.config_file, "device": args.device,
-                       "topk": args.topk, "rows": rows}, f, indent=2)
+                       "pad_len": args.pad_len, "rows": rows}, f, indent=2)
     return 0
 
 

@@ -1,4 +1,10 @@
-"""The dinov3.seg head: cost volume -> cost embedding -> N x (spatial + class refinement) -> decoder."""
+"""The dinov3.seg head: cost volume -> cost embedding -> N x (spatial + class refinement) -> decoder.
+
+This is CAT-Seg's ``Aggregator`` (cvlab-kaist/CAT-Seg, ``cat_seg/modeling/transformer/model.py``) with the
+transposed convolutions of its meta-architecture: with TEXT_CHANNELS ["local"] it reproduces the official module
+(``verify_parity`` kind ``catseg_aggregator``; weights mapped by ``catseg_weights.checkpoint_filter_fn``).
+DESIGN.md's departures are config keys, listed in docs/catseg_differences.md.
+"""
 from typing import Dict, List, Optional, Sequence
 
 import torch
