@@ -72,7 +72,8 @@ def add_dinov3seg_config(cfg):
     # (synonyms comma-separated inside one entry).
     cfg.MODEL.DINOV3SEG.TRAIN_CLASS_JSON = ""
     cfg.MODEL.DINOV3SEG.TEST_CLASS_JSON = ""
-    # Prompt templates: "single", "imagenet" (the 80 ImageNet templates) or a path to a text file
+    # Prompt templates: "single" (CAT-Seg's "A photo of a {} in the scene", no period), "imagenet" (the 80
+    # ImageNet templates) or a path to a text file
     # with one template per line containing "{}".
     cfg.MODEL.DINOV3SEG.PROMPT_TEMPLATES = "single"
     # Text halves that feed the cost volume: "local" (patch-aligned), "global" (CLS-aligned).
