@@ -22,6 +22,8 @@ def add_dinov3seg_config(cfg):
     cfg.INPUT.FORMAT = "RGB"
     # Training crops are re-drawn (up to 10 times) while one class covers more than this fraction.
     cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
+    # SSD photometric augmentation of training crops (brightness, contrast, saturation, hue), as CAT-Seg trains.
+    cfg.INPUT.COLOR_AUG_SSD = True
 
     # --- DINOv3 ViT backbone (frozen) ---
     cfg.MODEL.DINOV3 = CN()
