@@ -25,6 +25,12 @@ def add_dinov3seg_config(cfg):
     # SSD photometric augmentation of training crops (brightness, contrast, saturation, hue), as CAT-Seg trains.
     cfg.INPUT.COLOR_AUG_SSD = True
 
+    # --- Weight files ---
+    # sha256 check of the files whose released name carries a hash prefix (the two DINOv3 files): "warn" logs a
+    # mismatch and loads (re-saved / converted copies are common; strict key + shape checks always run),
+    # "error" refuses the file, "off" skips hashing.
+    cfg.MODEL.WEIGHT_HASH_CHECK = "warn"
+
     # --- DINOv3 ViT backbone (frozen) ---
     cfg.MODEL.DINOV3 = CN()
     cfg.MODEL.DINOV3.WEIGHTS = ""  # dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth; "" = random init
