@@ -13,12 +13,14 @@
 # MODEL.DINOV3SEG.CLASS_PAD_LEN (256) highest-cost classes when a benchmark has more (A-847, PC-459; the rest get
 # logit -100), which halves the FLOPs there (docs/benchmarks.md); pass MODEL.DINOV3SEG.CLASS_PAD_LEN 1000 to keep all.
 # Benchmarks whose data is not prepared are reported with the prepare command; the others still run.
-# Exit status: 0 if every benchmark ran, 1 if any is missing or failed, 2 on a usage error.
+# Exit status: 0 if every benchmark ran, 1 if any is missing or failed, 2 on a usage error or an input error
+# (bad config, weights or data: train_net.py's one-line error is shown and the remaining benchmarks are not run,
+# since they would fail the same way; DINOV3SEG_TRACEBACK=1 puts the traceback in the log too).
 # Environment: PYTHON (default: .venv/bin/python beside this script, else python), DETECTRON2_DATASETS (default: ./datasets),
 # TRAIN_NET (default: train_net.py beside this script).
 set -uo pipefail
 if [ $# -lt 3 ]; then
-  sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 fi
 config=$1; ngpus=$2; out=$3; shift 3
@@ -49,6 +51,12 @@ for name in $available; do
   code=$?
   grep "copypaste" "$dir/eval.log"
   echo "$code" > "$dir/exit_code"
+  if [ "$code" = "2" ]; then
+    msg=$(sed -n '/^train_net.py: error: /,$p' "$dir/eval.log")
+    [ -n "$msg" ] || msg=$(tail -n 1 "$dir/eval.log")
+    echo "eval.sh: $name: ${msg#train_net.py: } (stopped; log: $dir/eval.log)" >&2
+    exit 2
+  fi
   if [ "$code" != "0" ]; then
     echo "--- $name failed (exit $code); last lines of $dir/eval.log:" >&2
     tail -n 15 "$dir/eval.log" >&2

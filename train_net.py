@@ -4,6 +4,10 @@
     python train_net.py --config-file configs/vitl_384.yaml --num-gpus 4
     python train_net.py --config-file configs/vitl_384.yaml --eval-only MODEL.WEIGHTS out/model_final.pth
 Multi-node: add --num-machines N --machine-rank R --dist-url tcp://HOST:PORT.
+Preemption: on SIGTERM or SIGUSR1 training saves a checkpoint after the current iteration and exits with
+status 0; rerun the same command with --resume to continue from there.
+Errors in the input (config, weights, data, vocabulary) end in one line and exit status 2; --traceback (or
+DINOV3SEG_TRACEBACK=1) prints their traceback too. Other errors always show their traceback.
 """
 import json
 import os
@@ -11,7 +15,7 @@ from collections import OrderedDict
 
 import dinov3seg  # noqa: F401  (registers the model and datasets; numpy/Pillow aliases first)
 import detectron2.utils.comm as comm
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.data import DatasetCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils.logger import setup_logger
@@ -19,19 +23,28 @@ from dinov3seg import get_dinov3seg_cfg
 from dinov3seg.checkpoint import DINOv3SegCheckpointer
 from dinov3seg.data import SemSegDatasetMapper, load_class_names
 from dinov3seg.engine import launch
+from dinov3seg.errors import ConfigError, exit_on_input_error
 from dinov3seg.evaluation import build_evaluator
+from dinov3seg.preemption import PreemptionCheckpointer, TrainingPreempted
 from dinov3seg.solver import build_optimizer
 
 
 class Trainer(DefaultTrainer):
-    """DefaultTrainer with dinov3seg's mapper, evaluators, optimizer and trainable-only checkpoints."""
+    """DefaultTrainer with dinov3seg's mapper, evaluators, optimizer, trainable-only checkpoints and a
+    checkpoint on preemption signals."""
 
     def build_hooks(self):
         # Runs inside DefaultTrainer.__init__ right after it made a DetectionCheckpointer: swap in ours
         # before the periodic-checkpoint hook captures it.
         self.checkpointer = DINOv3SegCheckpointer(
             self.checkpointer.model, self.cfg.OUTPUT_DIR, **self.checkpointer.checkpointables)
-        return super().build_hooks()
+        return super().build_hooks() + [PreemptionCheckpointer(self.checkpointer)]  # last: after every hook
+
+    def train(self):
+        try:
+            return super().train()
+        except TrainingPreempted:  # checkpoint saved and logged; --resume continues from it
+            return None
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -65,7 +78,18 @@ class Trainer(DefaultTrainer):
 
 
 def setup(args):
-    cfg = get_dinov3seg_cfg(args.config_file, args.opts)
+    try:
+        cfg = get_dinov3seg_cfg(args.config_file, args.opts)
+    except (KeyError, ValueError, AssertionError) as err:  # yacs: unknown key, wrong type, odd override list
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        raise ConfigError(f"--config-file {args.config_file} with overrides {args.opts}: {message}") from err
+    registered = set(DatasetCatalog.list())
+    for key, names in (("DATASETS.TRAIN", cfg.DATASETS.TRAIN), ("DATASETS.TEST", cfg.DATASETS.TEST)):
+        unknown = [n for n in names if n not in registered]
+        if unknown:
+            raise ConfigError(f"{key}: dataset {unknown[0]!r} is not registered. dinov3seg registers the benchmarks "
+                              "listed in dinov3seg/data/datasets (e.g. 'ade20k_150_sem_seg_val') and the quickstart's "
+                              "'synthetic_ov_sem_seg_train' / '_val'.")
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="dinov3seg")
@@ -88,9 +112,19 @@ def main(args):
     return getattr(trainer, "_last_eval_results", None)
 
 
+def checked_main(args):
+    """``main`` with input errors reported as one line and exit status 2 (in every process)."""
+    with exit_on_input_error("train_net.py", args.traceback):
+        return main(args)
+
+
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    parser = default_argument_parser()
+    parser.add_argument("--traceback", action="store_true",
+                        help="also print the traceback of input errors (same as DINOV3SEG_TRACEBACK=1)")
+    args = parser.parse_args()
     print("Command Line Args:", args)
     # Without CUDA, --num-gpus N starts N CPU processes (gloo) instead.
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    with exit_on_input_error("train_net.py", args.traceback):
+        launch(checked_main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+               dist_url=args.dist_url, args=(args,))

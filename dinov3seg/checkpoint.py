@@ -2,20 +2,47 @@
 
 The frozen encoders (hundreds of millions of parameters) are rebuilt from their own weight files
 (MODEL.*.WEIGHTS), so a dinov3.seg checkpoint stores the head and any tuned encoder parameters.
-Loading is strict on exactly those keys and always uses ``weights_only=True``.
+Loading is strict on exactly those keys and always uses ``weights_only=True``; a missing, truncated or
+foreign file is reported naming where it came from (``MODEL.WEIGHTS`` or ``--resume``) and the file.
+
+Writes are atomic: a checkpoint (and the ``last_checkpoint`` tag) is written to a temporary file in the
+same directory, flushed to disk and renamed over the target, so a kill during a save leaves the previous
+files intact and ``last_checkpoint`` never names a partial file.
 """
 import os
+from contextlib import contextmanager
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+
+from .errors import mark_input_error
+from .modeling.encoders.weights import WeightFileError
 
 # Version of what a checkpoint's "model" holds; bump it when saved parameters change meaning.
 # 1 (no "format" key): the head before CAT-Seg parity (issue 10). 2: the head computes CAT-Seg's Aggregator.
 CHECKPOINT_FORMAT = 2
 
 
+@contextmanager
+def atomic_write(path: str, mode: str = "wb"):
+    """Open a temporary file beside ``path``; on success flush, fsync and rename it to ``path``."""
+    tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.tmp{os.getpid()}")
+    try:
+        with open(tmp, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
 class DINOv3SegCheckpointer(DetectionCheckpointer):
-    """DetectionCheckpointer that saves ``model.trainable_state_dict()`` and loads it strictly."""
+    """DetectionCheckpointer that saves ``model.trainable_state_dict()`` atomically and loads it strictly."""
+
+    source = "MODEL.WEIGHTS"  # where the file being loaded was named, for error messages
 
     def save(self, name: str, **kwargs) -> None:
         if not self.save_dir or not self.save_to_disk:
@@ -25,15 +52,47 @@ class DINOv3SegCheckpointer(DetectionCheckpointer):
         data.update(kwargs)
         path = os.path.join(self.save_dir, f"{name}.pth")
         self.logger.info(f"Saving checkpoint to {path}")
-        with self.path_manager.open(path, "wb") as f:
+        with atomic_write(path) as f:
             torch.save(data, f)
         self.tag_last_checkpoint(os.path.basename(path))
 
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        with atomic_write(os.path.join(self.save_dir, "last_checkpoint"), "w") as f:
+            f.write(last_filename_basename)
+
+    def resume_or_load(self, path: str, *, resume: bool = True):
+        resuming = resume and self.has_checkpoint()
+        self.source = f"--resume (last_checkpoint in {self.save_dir})" if resuming else "MODEL.WEIGHTS"
+        return super().resume_or_load(path, resume=resume)
+
+    def load(self, path: str, *args, **kwargs):
+        if path and "://" not in path and not os.path.isfile(path):
+            raise WeightFileError(f"{self.source}: checkpoint '{path}' does not exist. Give the path of a "
+                                  "model_*.pth that train_net.py wrote (OUTPUT_DIR), or '' for an untrained head.")
+        try:
+            return super().load(path, *args, **kwargs)
+        except (KeyError, ValueError) as err:  # the checkpoint does not fit this model / optimizer
+            raise mark_input_error(err, f"{self.source} '{path}'")
+
     def _load_file(self, filename: str):
         if not filename.endswith(".pth"):
-            raise ValueError(f"dinov3seg checkpoints are .pth files saved by training; got '{filename}'")
-        with self.path_manager.open(filename, "rb") as f:
-            return torch.load(f, map_location="cpu", weights_only=True)
+            raise WeightFileError(f"{self.source}: dinov3seg checkpoints are .pth files saved by training; "
+                                  f"got '{filename}'")
+        try:
+            with self.path_manager.open(filename, "rb") as f:
+                data = torch.load(f, map_location="cpu", weights_only=True)
+        except Exception as err:  # zip, unpickling and I/O errors all mean "not a usable checkpoint"
+            fix = ("copy it again, or name an earlier model_*.pth in that last_checkpoint file"
+                   if self.source.startswith("--resume") else "copy it again, or set MODEL.WEIGHTS to another file")
+            raise WeightFileError(
+                f"{self.source}: cannot read '{filename}' as a checkpoint ({str(err).split('. ')[0]}). The file "
+                f"is truncated or corrupt (an interrupted copy or download?): {fix}.") from err
+        if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+            found = sorted(data)[:6] if isinstance(data, dict) else type(data).__name__
+            raise WeightFileError(
+                f"{self.source}: '{filename}' is not a dinov3seg training checkpoint (no 'model' entry; found "
+                f"{found}). Encoder weight files go in MODEL.DINOV3 / DINOTXT / ANYUP / SAM .WEIGHTS.")
+        return data
 
     def _load_model(self, checkpoint):
         found = checkpoint.get("format", 1)

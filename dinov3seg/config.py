@@ -22,6 +22,14 @@ def add_dinov3seg_config(cfg):
     cfg.INPUT.FORMAT = "RGB"
     # Training crops are re-drawn (up to 10 times) while one class covers more than this fraction.
     cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
+    # SSD photometric augmentation of training crops (brightness, contrast, saturation, hue), as CAT-Seg trains.
+    cfg.INPUT.COLOR_AUG_SSD = True
+
+    # --- Weight files ---
+    # sha256 check of the files whose released name carries a hash prefix (the two DINOv3 files): "warn" logs a
+    # mismatch and loads (re-saved / converted copies are common; strict key + shape checks always run),
+    # "error" refuses the file, "off" skips hashing.
+    cfg.MODEL.WEIGHT_HASH_CHECK = "warn"
 
     # --- DINOv3 ViT backbone (frozen) ---
     cfg.MODEL.DINOV3 = CN()
@@ -74,7 +82,8 @@ def add_dinov3seg_config(cfg):
     # (synonyms comma-separated inside one entry).
     cfg.MODEL.DINOV3SEG.TRAIN_CLASS_JSON = ""
     cfg.MODEL.DINOV3SEG.TEST_CLASS_JSON = ""
-    # Prompt templates: "single", "imagenet" (the 80 ImageNet templates) or a path to a text file
+    # Prompt templates: "single" (CAT-Seg's "A photo of a {} in the scene", no period), "imagenet" (the 80
+    # ImageNet templates) or a path to a text file
     # with one template per line containing "{}".
     cfg.MODEL.DINOV3SEG.PROMPT_TEMPLATES = "single"
     # Text halves that feed the cost volume: "local" (patch-aligned), "global" (CLS-aligned). ["local"] is

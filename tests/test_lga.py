@@ -174,3 +174,40 @@ def test_from_config_and_bad_values():
         make_lga(global_weight=1.5)
     with pytest.raises(ValueError, match="V x T x s x s"):
         make_lga()(torch.zeros(3, 80, 80), lambda v: torch.zeros(1, 2, S, S))
+
+
+def catseg_sliding_window(image, net, kernel, canvas, stride, out_hw):
+    """CAT-Seg's ``inference_sliding_window`` order of operations, written out with Unfold / Fold: the
+    (test-mapper-resized) image is squashed to a square canvas, cut into windows plus one global view;
+    outputs go to the window size, through the sigmoid, are folded / counted, averaged with the
+    upsampled global view, and the canvas is resized once to the original ``out_hw``."""
+    unfold = torch.nn.Unfold(kernel_size=kernel, stride=stride)
+    fold = torch.nn.Fold((canvas, canvas), kernel_size=kernel, stride=stride)
+    squashed = F.interpolate(image[None], size=(canvas, canvas), mode="bilinear", align_corners=False)[0]
+    windows = unfold(squashed).T.reshape(-1, 3, kernel, kernel)
+    whole = F.interpolate(image[None], size=(kernel, kernel), mode="bilinear", align_corners=False)
+    outputs = net(torch.cat([windows, whole]))
+    outputs = F.interpolate(outputs, size=kernel, mode="bilinear", align_corners=False).sigmoid()
+    global_output = F.interpolate(outputs[-1:], size=(canvas, canvas), mode="bilinear", align_corners=False)
+    count = fold(unfold(torch.ones(1, canvas, canvas, dtype=image.dtype)))
+    local = fold(outputs[:-1].flatten(1).T) / count
+    merged = (local + global_output) / 2
+    return F.interpolate(merged, size=out_hw, mode="bilinear", align_corners=False)[0]
+
+
+def test_one_resize_from_canvas_to_original_size_equals_catseg():
+    """The test mapper resized a 75 x 97 original to 100 x 130; LGA must go from its canvas straight to
+    75 x 97 (CAT-Seg's order), not through 100 x 130 first (which changes ~0.5 % of labels at 640)."""
+    def quarter_res_net(views):  # V x 3 x S x S -> V x 4 x S/4 x S/4, moderate logits
+        return F.avg_pool2d(torch.sin(0.5 * position_function(views[:, 0], views[:, 1])), 4)
+
+    image = coordinate_image(100, 130)
+    original = (75, 97)
+    lga = make_lga(canvas=80, stride=32, global_view=True, global_weight=0.5, average="probabilities")
+    ours = lga(image, quarter_res_net, out_hw=original)
+    reference = catseg_sliding_window(image, quarter_res_net, kernel=S, canvas=80, stride=32, out_hw=original)
+    assert ours.shape == (4, *original)
+    torch.testing.assert_close(ours.double(), reference, rtol=0, atol=1e-6)
+    # The former order (canvas -> mapper size -> original) is measurably different.
+    twice = F.interpolate(lga(image, quarter_res_net)[None], size=original, mode="bilinear", align_corners=False)[0]
+    assert (twice.double() - reference).abs().max() > 1e-3 and (twice.argmax(0) != reference.argmax(0)).any()

@@ -70,6 +70,19 @@ def test_inference_returns_scores_at_the_requested_size(model, height, width, t)
     assert ((out[0]["sem_seg"] >= 0) & (out[0]["sem_seg"] <= 1)).all()  # averaged probabilities
 
 
+def test_inference_resizes_the_lga_canvas_once_to_the_original_size(model, monkeypatch):
+    """The LGA merge writes the original height x width directly (CAT-Seg's order), not the mapper's size."""
+    model.eval()
+    model.set_vocabulary(names(2))
+    sizes = []
+    merge = model.lga.merge
+    monkeypatch.setattr(model.lga, "merge", lambda out, boxes, canvas, out_hw: sizes.append(out_hw) or merge(
+        out, boxes, canvas, out_hw))
+    with torch.no_grad():
+        out = model([{"image": torch.randint(0, 256, (3, 100, 130)).float(), "height": 75, "width": 97}])
+    assert sizes == [(75, 97)] and out[0]["sem_seg"].shape == (2, 75, 97)
+
+
 def test_class_chunks_do_not_change_the_logits():
     for attention in ("linear", "full"):
         torch.manual_seed(1)

@@ -59,7 +59,7 @@ def reference(tower, name, template):
 
 
 def test_templates():
-    assert load_prompt_templates("single") == [SINGLE_TEMPLATE] == ["A photo of a {} in the scene."]
+    assert load_prompt_templates("single") == [SINGLE_TEMPLATE] == ["A photo of a {} in the scene"]
     imagenet = load_prompt_templates("imagenet")
     assert len(imagenet) == 80 == len(set(imagenet)) and all(t.count("{}") == 1 for t in imagenet)
     open_clip_meta = pytest.importorskip("open_clip.zero_shot_metadata")
@@ -224,6 +224,6 @@ def test_real_text_tower_and_tokenizer():
     e = TextEmbedder(text_encoder=tower, tokenizer=tokenizer_mod.build_tokenizer(), chunk_size=2)
     out = e(["cat", "sofa, couch", "traffic light"])
     assert out.shape == (3, 1, 16)
-    ids = tokenizer_mod.build_tokenizer()(["A photo of a cat in the scene."], context_length=77)
+    ids = tokenizer_mod.build_tokenizer()(["A photo of a cat in the scene"], context_length=77)
     torch.testing.assert_close(out[0, 0], F.normalize(tower(ids), dim=-1)[0])
     assert e(["cat", "sofa, couch", "traffic light"]) is out

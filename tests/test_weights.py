@@ -2,6 +2,7 @@
 import builtins
 import hashlib
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -42,13 +43,50 @@ def test_hash_suffix_convention(tmp_path):
     path, prefix = save_with_hash({"w": torch.ones(2)}, tmp_path, "model")
     spec = dict(SPEC, expected_name=path.name)
     assert load_weight_file(str(path), **spec)["w"].sum() == 2  # suffix taken from the expected name
-    with pytest.raises(WeightFileError, match=r"(?s)sha256.*starts with 0123abcd.*check_hash=False"):
+    with pytest.raises(WeightFileError, match=r"(?s)sha256.*starts with 0123abcd.*MODEL\.WEIGHT_HASH_CHECK warn"):
         load_weight_file(str(path), **SPEC)  # expected name says 0123abcd
     renamed = path.rename(tmp_path / "renamed.pth")
     with pytest.raises(WeightFileError, match="0123abcd"):
         load_weight_file(str(renamed), **SPEC)  # renaming does not bypass the check ...
     assert "w" in load_weight_file(str(renamed), **SPEC, check_hash=False)  # ... only the explicit option does
     assert "w" in load_weight_file(str(renamed), **SPEC, sha_prefix=prefix)
+
+
+def test_hash_check_modes(tmp_path, monkeypatch, caplog):
+    """MODEL.WEIGHT_HASH_CHECK: "error" refuses a mismatch, "warn" logs it and loads, "off" does not hash."""
+    path, _ = save_with_hash({"w": torch.ones(2)}, tmp_path, "model")  # its sha256 does not start with 0123abcd
+    with pytest.raises(WeightFileError, match=r"MODEL\.WEIGHT_HASH_CHECK"):
+        load_weight_file(str(path), **SPEC, check_hash="error")
+    with caplog.at_level("WARNING"):
+        assert "w" in load_weight_file(str(path), **SPEC, check_hash="warn")
+    assert "0123abcd" in caplog.text and "MODEL.WEIGHT_HASH_CHECK" in caplog.text
+    monkeypatch.setattr("dinov3seg.modeling.encoders.weights.sha256_of", lambda p: pytest.fail("hashed with 'off'"))
+    assert "w" in load_weight_file(str(path), **SPEC, check_hash="off")
+    with pytest.raises(ValueError, match="MODEL.WEIGHT_HASH_CHECK must be one of"):
+        load_weight_file(str(path), **SPEC, check_hash="sometimes")
+
+
+def test_hash_check_config_key_reaches_the_dinov3_loaders(tmp_path, caplog):
+    """A re-saved DINOv3 file (right keys and shapes, other bytes) loads by default, with a warning."""
+    from dinov3seg import get_dinov3seg_cfg
+    from dinov3seg.modeling.encoders import build_dinotxt
+    from dinov3seg.modeling.encoders.dinov3 import DINOv3ViT
+
+    cfg = get_dinov3seg_cfg(str(Path(__file__).resolve().parents[1] / "configs/quickstart.yaml"))
+    assert cfg.MODEL.WEIGHT_HASH_CHECK == "warn"
+    d = cfg.MODEL.DINOV3
+    torch.manual_seed(0)
+    source = DINOv3ViT(embed_dim=d.EMBED_DIM, depth=d.DEPTH, num_heads=d.NUM_HEADS)
+    path = tmp_path / "dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth"  # the released name, re-saved bytes
+    torch.save(source.state_dict(), path)
+    cfg.MODEL.DINOV3.WEIGHTS = str(path)
+    with caplog.at_level("WARNING"):
+        model = build_dinotxt(cfg)
+    assert "8aa4cbdd" in caplog.text
+    torch.testing.assert_close(model.backbone.state_dict(), source.state_dict())
+    cfg.MODEL.WEIGHT_HASH_CHECK = "error"
+    with pytest.raises(WeightFileError, match=r"(?s)MODEL\.DINOV3\.WEIGHTS.*MODEL\.WEIGHT_HASH_CHECK"):
+        build_dinotxt(cfg)
 
 
 def test_unreadable_and_wrong_files(tmp_path):

@@ -6,6 +6,8 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from PIL import Image
 
+from .color_aug import ColorAugSSD
+
 
 def read_label(path: str) -> np.ndarray:
     """A label map as stored (uint8 PNG or uint16 TIFF), without any mode conversion."""
@@ -16,7 +18,8 @@ def read_label(path: str) -> np.ndarray:
 class SemSegDatasetMapper:
     """Maps a Detectron2 sem-seg dataset dict to {"image": (3, H, W) uint8 tensor, "sem_seg": (H, W) long}.
 
-    Training: resize the short side, crop (avoiding crops dominated by one class), flip.
+    Training: resize the short side, crop (avoiding crops dominated by one class), SSD colour
+    augmentation (INPUT.COLOR_AUG_SSD), flip: CAT-Seg's order.
     Test: optional short-side resize; the label is not read (the evaluator reads it from disk).
     """
 
@@ -35,6 +38,8 @@ class SemSegDatasetMapper:
             if i.CROP.ENABLED:
                 augs.append(T.RandomCrop_CategoryAreaConstraint(
                     i.CROP.TYPE, i.CROP.SIZE, i.CROP.SINGLE_CATEGORY_MAX_AREA, cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE))
+            if i.COLOR_AUG_SSD:
+                augs.append(ColorAugSSD(i.FORMAT))
             augs.append(T.RandomFlip())
         else:
             augs = [T.ResizeShortestEdge(i.MIN_SIZE_TEST, i.MAX_SIZE_TEST)] if i.MIN_SIZE_TEST > 0 else []

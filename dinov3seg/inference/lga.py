@@ -13,10 +13,12 @@ One image becomes a batch of views:
 All views go through the network as one batch. Window outputs are stitched on the canvas dividing
 by the number of windows covering each pixel; the global output, upsampled to the canvas, is
 combined as ``(1 - GLOBAL_WEIGHT) * local + GLOBAL_WEIGHT * global``. Averages are taken over
-sigmoid probabilities or over logits (``AVERAGE``). With LGA disabled the only view is the whole
-image resized to ``VIEW_SIZE``.
+sigmoid probabilities or over logits (``AVERAGE``). The merged canvas is resized once, straight to
+the requested output size (the dataset's original height x width), as CAT-Seg does; going through
+the test mapper's resized size first would interpolate twice. With LGA disabled the only view is
+the whole image resized to ``VIEW_SIZE``.
 """
-from typing import Callable, List, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -205,14 +207,16 @@ class LocalGlobalAggregation:
         self,
         image: torch.Tensor,
         segment_views: Callable[[torch.Tensor], torch.Tensor],
+        out_hw: Optional[Tuple[int, int]] = None,
     ) -> torch.Tensor:
         """
         Args:
             image: 3 x H x W float tensor, already normalised.
             segment_views: maps V x 3 x S x S views to V x T x s x s logits.
+            out_hw: (height, width) of the returned scores; None = the image's own H x W.
 
         Returns:
-            T x H x W float32 scores (probabilities or logits, see ``average``).
+            T x out_h x out_w float32 scores (probabilities or logits, see ``average``).
         """
         if image.dim() != 3:
             raise ValueError(f"LGA takes one 3 x H x W image, got shape {tuple(image.shape)}")
@@ -223,7 +227,7 @@ class LocalGlobalAggregation:
                 f"segment_views returned shape {tuple(outputs.shape)} for {views.shape[0]} views; "
                 "expected V x T x s x s"
             )
-        return self.merge(outputs, boxes, canvas_hw, tuple(image.shape[-2:]))
+        return self.merge(outputs, boxes, canvas_hw, tuple(out_hw or image.shape[-2:]))
 
     def __repr__(self):
         return (

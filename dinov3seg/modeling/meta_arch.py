@@ -159,11 +159,9 @@ class DINOv3Seg(nn.Module):
             results = []
             for x in batched_inputs:
                 image = (x["image"].to(self.device).float() - self.pixel_mean) / self.pixel_std
-                scores = self.lga(image, lambda views: self.segment_views(views, text))
-                height, width = x.get("height", image.shape[-2]), x.get("width", image.shape[-1])
-                if scores.shape[-2:] != (height, width):
-                    scores = F.interpolate(scores[None].float(), size=(height, width), mode="bilinear",
-                                           align_corners=False)[0]
+                # One resize, from the LGA canvas straight to the original size (as CAT-Seg).
+                out_hw = (x.get("height", image.shape[-2]), x.get("width", image.shape[-1]))
+                scores = self.lga(image, lambda views: self.segment_views(views, text), out_hw=out_hw)
                 results.append({"sem_seg": scores.float()})
             return results
 

@@ -33,7 +33,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SINGLE_TEMPLATE = "A photo of a {} in the scene."
+# CAT-Seg's single template, without a final period (a period would change the EOT token the text tower pools).
+SINGLE_TEMPLATE = "A photo of a {} in the scene"
 
 # The 80 prompt templates OpenAI used for zero-shot ImageNet with CLIP.
 IMAGENET_TEMPLATES = (

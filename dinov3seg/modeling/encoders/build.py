@@ -19,10 +19,12 @@ def build_dinotxt(cfg) -> DINOTxt:
     head = DINOTxtVisionHead(c.EMBED_DIM, c.NUM_HEADS, num_blocks=2)
     text = DINOTxtTextTower(width=t.TEXT_WIDTH, heads=t.TEXT_HEADS, layers=t.TEXT_LAYERS, output_dim=2 * c.EMBED_DIM)
     model = DINOTxt(backbone, head, text)
+    check_hash = cfg.MODEL.WEIGHT_HASH_CHECK
     if c.WEIGHTS:
-        load_strict(backbone, load_weight_file(c.WEIGHTS, **WEIGHT_SPECS["dinov3"]), component="DINOv3 ViT")
+        load_strict(backbone, load_weight_file(c.WEIGHTS, **WEIGHT_SPECS["dinov3"], check_hash=check_hash),
+                    component="DINOv3 ViT")
     if t.WEIGHTS:
-        model.load_dinotxt_state_dict(load_weight_file(t.WEIGHTS, **WEIGHT_SPECS["dinotxt"]))
+        model.load_dinotxt_state_dict(load_weight_file(t.WEIGHTS, **WEIGHT_SPECS["dinotxt"], check_hash=check_hash))
     model.requires_grad_(False)
     mode = t.TEXT_FINETUNE
     if mode == "full":

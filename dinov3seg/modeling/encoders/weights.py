@@ -5,12 +5,15 @@ request it, keys that identify it); ``load_weight_file(path, **WEIGHT_SPECS[name
 ``load_strict`` loads it into a module, reporting every missing / unexpected / mis-shaped key at once.
 """
 import hashlib
+import logging
 import re
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
+
+from ...errors import InputError
 
 __all__ = ["WEIGHT_SPECS", "WeightFileError", "hash_suffix", "load_strict", "load_weight_file", "sha256_of"]
 
@@ -33,9 +36,13 @@ WEIGHT_SPECS: Dict[str, dict] = {
 }
 
 _HASH_SUFFIX = re.compile(r"-([0-9a-f]{8,})\.pth$")
+HASH_CHECK_KEY = "MODEL.WEIGHT_HASH_CHECK"
+HASH_CHECK_MODES = ("error", "warn", "off")
+
+logger = logging.getLogger(__name__)
 
 
-class WeightFileError(RuntimeError):
+class WeightFileError(InputError, RuntimeError):
     """A checkpoint file is missing, unreadable, corrupted or not the expected component."""
 
 
@@ -55,7 +62,7 @@ def sha256_of(path: Path, block_size: int = 1 << 24) -> str:
 
 
 def load_weight_file(path: str, *, config_key: str, expected_name: str, request_url: str,
-                     sha_prefix: Optional[str] = None, check_hash: bool = True,
+                     sha_prefix: Optional[str] = None, check_hash: Union[bool, str] = True,
                      expect_keys: Sequence[str] = ()) -> Dict[str, torch.Tensor]:
     """Load a flat checkpoint ``{key: tensor}`` with ``torch.load(weights_only=True, map_location="cpu")``.
 
@@ -65,7 +72,9 @@ def load_weight_file(path: str, *, config_key: str, expected_name: str, request_
             which file is expected and where to request it.
         sha_prefix: leading hex digits of the file's sha256; defaults to the ``-<hex>.pth`` suffix of
             ``expected_name`` (torch.hub convention, used by the DINOv3 releases). None and no suffix: no check.
-        check_hash: False skips the hash check; the explicit opt-out for renamed or re-saved files.
+        check_hash: what a hash mismatch does (``MODEL.WEIGHT_HASH_CHECK``): "error" (or True) refuses the
+            file, "warn" logs it and loads the file (the key and shape checks still apply), "off" (or False)
+            does not hash at all.
         expect_keys: keys (or key prefixes) the component's checkpoint must contain.
     """
     hint = (f"Set {config_key} to the path of {expected_name} (request it at {request_url}), "
@@ -73,14 +82,23 @@ def load_weight_file(path: str, *, config_key: str, expected_name: str, request_
     file = Path(path)
     if not file.is_file():
         raise WeightFileError(f"{config_key}: weight file '{path}' does not exist. {hint}")
+    mode = {True: "error", False: "off"}.get(check_hash, check_hash)
+    if mode not in HASH_CHECK_MODES:
+        raise ValueError(f"{HASH_CHECK_KEY} must be one of {HASH_CHECK_MODES}, got {check_hash!r}")
     expected_hash = sha_prefix if sha_prefix is not None else hash_suffix(expected_name)
-    if check_hash and expected_hash:
+    if mode != "off" and expected_hash:
         actual = sha256_of(file)
         if not actual.startswith(expected_hash.lower()):
-            raise WeightFileError(
-                f"{config_key}: '{path}' has sha256 {actual[:16]}..., but {expected_name} starts with "
-                f"{expected_hash}: the file is corrupted or a different checkpoint. {hint} If this is a "
-                f"deliberately renamed or re-saved copy, disable the hash check explicitly (check_hash=False).")
+            mismatch = (f"{config_key}: '{path}' has sha256 {actual[:16]}..., but the released {expected_name} "
+                        f"starts with {expected_hash}")
+            if mode == "error":
+                raise WeightFileError(
+                    f"{mismatch}: the file is corrupted or a different checkpoint. {hint} If it is a deliberately "
+                    f"renamed, re-saved or converted copy, set {HASH_CHECK_KEY} warn (or off): the strict key and "
+                    f"shape checks still apply.")
+            logger.warning(f"{mismatch}: a re-saved or converted copy? Loading it anyway ({HASH_CHECK_KEY} "
+                           f"{mode}); the strict key and shape checks follow. Set {HASH_CHECK_KEY} error to refuse "
+                           f"such files, off to skip hashing.")
     try:
         state_dict = torch.load(file, weights_only=True, map_location="cpu")
     except Exception as err:  # unpickling, zip and I/O errors all mean "not a usable checkpoint"
@@ -117,6 +135,6 @@ def load_strict(module: nn.Module, state_dict: Dict[str, torch.Tensor], *, dropp
         for name, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mis_shaped)):
             if keys:
                 lines.append(f"  {name} ({len(keys)}): " + ", ".join(keys[:20]) + (" ..." if len(keys) > 20 else ""))
-        raise RuntimeError("\n".join(lines))
+        raise WeightFileError("\n".join(lines))
     module.load_state_dict(kept, strict=True)
     return dropped

@@ -1,0 +1,96 @@
+"""Bad input the user can fix, and how the command-line tools report it.
+
+Errors caused by the user's input (config, weight files, datasets, vocabularies) are reported by
+``train_net.py`` as one line on stderr with exit status 2 (``eval.sh`` passes that line on); anything else is
+a bug or an environment fault and keeps its full traceback. What counts as input (:func:`is_input_error`):
+
+* :class:`InputError` and its subclasses (weight files, checkpoints, vocabularies, labels);
+* ``FileNotFoundError`` (missing config, weights, data or class-name files);
+* an error marked with :func:`mark_input_error` (e.g. a checkpoint that does not fit the model);
+* a ``ValueError`` / ``KeyError`` whose message names a config key (``MODEL.DINOV3SEG.VIEW_SIZE`` ...): the
+  config checks of every module say which key is wrong, and yacs names the key it cannot merge.
+
+Set ``DINOV3SEG_TRACEBACK=1`` (or pass ``--traceback`` to train_net.py) to print the traceback as well.
+"""
+import contextlib
+import os
+import re
+import sys
+import traceback
+
+from torch.multiprocessing import ProcessExitedException
+
+__all__ = ["InputError", "ConfigError", "DataError", "VocabularyError", "INPUT_ERROR_EXIT_CODE", "TRACEBACK_ENV",
+           "is_input_error", "mark_input_error", "error_message", "exit_on_input_error"]
+
+INPUT_ERROR_EXIT_CODE = 2
+TRACEBACK_ENV = "DINOV3SEG_TRACEBACK"
+
+_CONFIG_KEY = re.compile(r"\b(?:MODEL|INPUT|SOLVER|DATASETS|DATALOADER|TEST)\.[A-Z][A-Z0-9_]*")
+
+
+class InputError(Exception):
+    """Bad input with a message that says what is wrong and how to fix it."""
+
+    def __str__(self):  # the message itself, also for the KeyError subclasses (KeyError would quote it)
+        return str(self.args[0]) if self.args else ""
+
+
+class ConfigError(InputError, ValueError):
+    """The config file or its overrides cannot be read or merged."""
+
+
+class DataError(InputError, ValueError):
+    """A dataset's files hold values the model cannot use (label values, sizes)."""
+
+
+class VocabularyError(InputError, ValueError):
+    """A class-name list or file is unusable (not JSON, empty, duplicates ...)."""
+
+
+def mark_input_error(err: Exception, source: str) -> Exception:
+    """Mark ``err`` (type unchanged) as caused by the input ``source`` (e.g. "MODEL.WEIGHTS 'x.pth'"),
+    which its reported message then starts with. Returns ``err``."""
+    err.input_source = source
+    return err
+
+
+def is_input_error(err: BaseException) -> bool:
+    """True for errors the user's input caused (see the module doc)."""
+    if isinstance(err, (InputError, FileNotFoundError)) or getattr(err, "input_source", None):
+        return True
+    return isinstance(err, (ValueError, KeyError)) and bool(_CONFIG_KEY.search(error_message(err)))
+
+
+def error_message(err: BaseException) -> str:
+    """The message of ``err`` (KeyError's without the quotes ``str`` adds)."""
+    if isinstance(err, KeyError) and not isinstance(err, InputError) and len(err.args) == 1:
+        message = str(err.args[0])
+    else:
+        message = str(err)
+    source = getattr(err, "input_source", None)
+    return f"{source}: {message}" if source and not message.startswith(source) else message
+
+
+def traceback_requested(flag: bool = False) -> bool:
+    return flag or os.environ.get(TRACEBACK_ENV, "") not in ("", "0")
+
+
+@contextlib.contextmanager
+def exit_on_input_error(prog: str, show_traceback: bool = False):
+    """Turn an input error raised inside the block into ``prog: error: <message>`` on stderr and
+    ``SystemExit(2)``; other errors propagate with their traceback. A worker process that exited with
+    status 2 (it has printed its line already) ends the launcher with status 2 too."""
+    try:
+        yield
+    except ProcessExitedException as err:
+        if err.exit_code == INPUT_ERROR_EXIT_CODE:
+            raise SystemExit(INPUT_ERROR_EXIT_CODE) from None
+        raise
+    except Exception as err:
+        if not is_input_error(err):
+            raise
+        if traceback_requested(show_traceback):
+            traceback.print_exc()
+        print(f"{prog}: error: {error_message(err)}", file=sys.stderr, flush=True)
+        raise SystemExit(INPUT_ERROR_EXIT_CODE) from None
