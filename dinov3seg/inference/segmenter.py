@@ -60,6 +60,18 @@ def resolve_config(config: Union[str, os.PathLike]) -> str:
                             f"(in {CONFIG_DIR}), or give the path of a YAML file.")
 
 
+def resolve_repo_files(cfg) -> None:
+    """In place: relative file paths in ``cfg`` that do not exist from the working directory but do from the
+    repository root (e.g. the quickstart's prompt file) become absolute, so the API works from any folder."""
+    root = CONFIG_DIR.parent
+    for key, value in cfg.items():
+        if isinstance(value, dict):
+            resolve_repo_files(value)
+        elif (isinstance(value, str) and "/" in value and "://" not in value and not os.path.isabs(value)
+              and not os.path.exists(value) and (root / value).is_file()):
+            cfg[key] = str(root / value)
+
+
 def known_vocabulary(name: str) -> List[str]:
     """Class names of a known vocabulary (:data:`KNOWN_VOCABULARIES`) or of a registered dataset."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -164,6 +176,7 @@ class Segmenter:
             cfg.merge_from_list(list(opts))
         else:
             cfg = get_dinov3seg_cfg(resolve_config(config), opts)
+        resolve_repo_files(cfg)
         if weights is not None:
             cfg.MODEL.WEIGHTS = str(weights)
         if cfg.MODEL.WEIGHTS and "://" not in cfg.MODEL.WEIGHTS and not os.path.isfile(cfg.MODEL.WEIGHTS):
@@ -213,6 +226,26 @@ class Segmenter:
             return to_uint8_rgb(np.asarray(image))
         raise TypeError(f"image must be a path, a PIL image or an H x W x 3 RGB array, got {type(image).__name__}")
 
+    def check(self, classes: Sequence[str], *, threshold: Optional[float] = None,
+              distractors: Union[None, str, Sequence[str]] = None) -> List[str]:
+        """Validate the options of :meth:`segment` without running the model; returns the distractor
+        names that will be appended to ``classes`` (empty without distractors)."""
+        from ..data.vocabulary import validate_vocabulary
+
+        classes = validate_vocabulary([str(c) for c in classes], "the class names")
+        if threshold is not None:
+            if self.score_type is None:
+                raise ValueError(f"threshold needs the model's score type, but {type(self.model).__name__} "
+                                 "declares no sem_seg_score_type ('sigmoid', 'softmax' or 'logit').")
+            if not 0.0 <= float(threshold) <= 1.0:
+                raise ValueError(f"threshold is a probability: give a value in [0, 1], got {threshold}")
+        if distractors is None or (isinstance(distractors, str) and distractors.lower() in ("", "none")):
+            return []
+        key = (tuple(classes), distractors if isinstance(distractors, str) else tuple(distractors))
+        if key not in self._distractor_cache:
+            self._distractor_cache[key] = self._distractors(classes, distractors)
+        return self._distractor_cache[key]
+
     @torch.no_grad()
     def segment(self, image: ImageLike, classes: Sequence[str], *, threshold: Optional[float] = None,
                 distractors: Union[None, str, Sequence[str]] = None) -> Segmentation:
@@ -228,22 +261,9 @@ class Segmenter:
                 they win are labelled "other".
         """
         classes = [str(c) for c in classes]
-        if isinstance(distractors, str) and distractors.lower() in ("", "none"):
-            distractors = None
+        extra = self.check(classes, threshold=threshold, distractors=distractors)
         kind = self.score_type
-        if threshold is not None:
-            if kind is None:
-                raise ValueError(f"threshold needs the model's score type, but {type(self.model).__name__} "
-                                 "declares no sem_seg_score_type ('sigmoid', 'softmax' or 'logit').")
-            if not 0.0 <= float(threshold) <= 1.0:
-                raise ValueError(f"threshold is a probability: give a value in [0, 1], got {threshold}")
         rgb = self._read(image)
-        extra = []
-        if distractors is not None:
-            key = (tuple(classes), distractors if isinstance(distractors, str) else tuple(distractors))
-            if key not in self._distractor_cache:
-                self._distractor_cache[key] = self._distractors(classes, distractors)
-            extra = self._distractor_cache[key]
         self.predictor.set_vocabulary(classes + extra)
         scores = self.predictor.scores(rgb)  # (T + D) x h x w
         if kind == "logit":
