@@ -15,10 +15,11 @@
 # Benchmarks whose data is not prepared are reported with the prepare command; the others still run.
 # Exit status: 0 if every benchmark ran, 1 if any is missing or failed, 2 on a usage error.
 # Environment: PYTHON (default: .venv/bin/python beside this script, else python), DETECTRON2_DATASETS (default: ./datasets),
-# TRAIN_NET (default: train_net.py beside this script).
+# TRAIN_NET (default: train_net.py beside this script), EVAL_DATASETS (registered dataset names to evaluate
+# instead of the benchmarks), DINOV3SEG_DATASETS (Python files registering your datasets; see README).
 set -uo pipefail
 if [ $# -lt 3 ]; then
-  sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 fi
 config=$1; ngpus=$2; out=$3; shift 3

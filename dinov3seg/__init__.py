@@ -14,3 +14,6 @@ def __getattr__(name):
 
         return getattr(segmenter, name)
     raise AttributeError(f"module 'dinov3seg' has no attribute '{name}'")
+
+
+data.datasets.register_from_env()  # $DINOV3SEG_DATASETS: your datasets (last: those files may import us)
