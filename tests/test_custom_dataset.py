@@ -163,8 +163,9 @@ def test_env_var_runs_each_registration_file_once(tmp_path, unregister):
     broken = tmp_path / "broken.py"
     broken.write_text("from dinov3seg.data.datasets import register_sem_seg_folder\n"
                       "register_sem_seg_folder('mine_test_broken', '/no/such/images', '/no/labels', ['a'])\n")
-    with pytest.raises(RuntimeError, match="broken.py' failed: FileNotFoundError: .*images folder"):
+    with pytest.raises(FileNotFoundError, match="mine_test_broken': the images folder") as info:
         register_from_env(str(broken))
+    assert info.value.__notes__ == [f"(raised while running DINOV3SEG_DATASETS file '{broken}')"]
 
 
 def run(args, env, cwd=REPO):

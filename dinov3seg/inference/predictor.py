@@ -107,7 +107,7 @@ class VocabularyPredictor:
             model = build_model(self.cfg)
             if self.cfg.MODEL.WEIGHTS:
                 _load_checkpoint(model, self.cfg.MODEL.WEIGHTS)
-            elif any(p.requires_grad for p in model.parameters()):  # a model meant to be trained
+            else:
                 logger.warning("MODEL.WEIGHTS is empty: the segmentation head is untrained (random).")
         self.model = model.eval()
         self.resize = T.ResizeShortestEdge(

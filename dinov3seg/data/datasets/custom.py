@@ -199,8 +199,9 @@ def register_from_env(value: Optional[str] = None) -> List[str]:
                                     "register your datasets (see README, 'Your own dataset').")
         try:
             runpy.run_path(path, run_name="dinov3seg_user_datasets")
-        except Exception as e:
-            raise RuntimeError(f"{ENV_VAR}: '{path}' failed: {type(e).__name__}: {e}") from e
+        except Exception as e:  # keep the error's type (a missing folder stays a FileNotFoundError)
+            e.add_note(f"(raised while running {ENV_VAR} file '{path}')")
+            raise
         _done.append(path)
         ran.append(path)
     return ran
