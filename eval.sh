@@ -17,10 +17,11 @@
 # (bad config, weights or data: train_net.py's one-line error is shown and the remaining benchmarks are not run,
 # since they would fail the same way; DINOV3SEG_TRACEBACK=1 puts the traceback in the log too).
 # Environment: PYTHON (default: .venv/bin/python beside this script, else python), DETECTRON2_DATASETS (default: ./datasets),
-# TRAIN_NET (default: train_net.py beside this script).
+# TRAIN_NET (default: train_net.py beside this script), EVAL_DATASETS (registered dataset names to evaluate
+# instead of the benchmarks), DINOV3SEG_DATASETS (Python files registering your datasets; see README).
 set -uo pipefail
 if [ $# -lt 3 ]; then
-  sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"   # this header
   exit 2
 fi
 config=$1; ngpus=$2; out=$3; shift 3

@@ -7,8 +7,16 @@
 The vocabulary comes from --vocabulary (comma-separated classes; "dog|puppy" gives one class with
 two synonyms), --vocabulary-file (a JSON list, or one class per line with comma-separated synonyms) or
 --dataset (a registered benchmark's class names, e.g. "ade20k_150"). For each image the demo writes
-<name>.png (the label map over the image, with a legend of the classes present) and <name>.json
-(the share of pixels of every class); results.json gathers all images.
+<name>.png (the label map over the image, with a legend of the classes present), <name>.json (the share
+of pixels of every class) and labels/<name>.png (the raw label map: an index PNG, uint8, or uint16 when
+there are more than 255 classes); label_names.json is the index -> name table of those PNGs, and
+results.json gathers all images.
+
+"None of these" pixels (both off by default): --threshold P labels a pixel "unlabeled" (value 255 in
+the index PNG, 65535 when uint16) when its best class score is below P (the model's own probability:
+sigmoid for the trained model, softmax for the training-free one); --distractors coco_stuff appends
+COCO-Stuff's class names as distractors and labels the pixels they win "other" (a class of its own,
+listed last).
 """
 import argparse
 import glob
@@ -32,7 +40,8 @@ from tqdm import tqdm  # noqa: E402
 from dinov3seg.config import add_dinov3seg_config  # noqa: E402
 from dinov3seg.data.datasets.register_benchmarks import class_colors  # noqa: E402
 from dinov3seg.data.vocabulary import validate_vocabulary  # noqa: E402
-from dinov3seg.inference.predictor import VocabularyPredictor, read_image_rgb  # noqa: E402
+from dinov3seg.inference.predictor import read_image_rgb  # noqa: E402
+from dinov3seg.inference.segmenter import KNOWN_VOCABULARIES, Segmentation, Segmenter  # noqa: E402
 from dinov3seg.modeling.text_embeddings import split_synonyms  # noqa: E402
 
 logger = logging.getLogger("dinov3seg.demo")
@@ -55,6 +64,11 @@ def get_parser() -> argparse.ArgumentParser:
     vocab.add_argument("--dataset", help="reuse a registered dataset's class names, e.g. ade20k_150")
     parser.add_argument("--output", required=True, help="directory for the PNGs and JSONs")
     parser.add_argument("--alpha", type=float, default=0.5, help="opacity of the label colours")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help='pixels whose best score is below this probability are "unlabeled" (default: off)')
+    parser.add_argument("--distractors", default=None,
+                        help=f"append a known vocabulary ({', '.join(KNOWN_VOCABULARIES)}) or a registered "
+                             'dataset\'s classes as distractors; their pixels become "other" (default: off)')
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     return parser
 
@@ -187,9 +201,15 @@ def _font(size: int):
 def draw_overlay(
     image: np.ndarray, labels: np.ndarray, display_names: List[str], shares: List[float], alpha: float = 0.5
 ) -> Image.Image:
-    """The label colours blended over the image, with a legend (classes present, by share) on the right."""
+    """The label colours blended over the image, with a legend (classes present, by share) on the right.
+    Pixels labelled ``Segmentation.UNLABELED`` stay uncoloured; a share beyond the last name is theirs."""
     colors = np.array(class_colors(len(display_names)), dtype=np.uint8).reshape(-1, 3)
-    blended = (image.astype(np.float32) * (1 - alpha) + colors[labels].astype(np.float32) * alpha).astype(np.uint8)
+    colors = np.concatenate([colors, np.full((1, 3), 255, np.uint8)])  # unlabeled: white swatch
+    display_names = list(display_names) + ["unlabeled"]
+    shares = list(shares) + [0.0] * (len(display_names) - len(shares))
+    coloured = colors[np.where(labels == Segmentation.UNLABELED, len(colors) - 1, labels)].astype(np.float32)
+    blended = np.where((labels == Segmentation.UNLABELED)[..., None], image.astype(np.float32),
+                       image.astype(np.float32) * (1 - alpha) + coloured * alpha).astype(np.uint8)
     height, width = image.shape[:2]
 
     present = sorted((i for i, s in enumerate(shares) if s > 0), key=lambda i: -shares[i])
@@ -242,14 +262,19 @@ def run(args) -> int:
     paths = expand_inputs(args.input)
     if not 0.0 <= args.alpha <= 1.0:
         raise DemoError(f"--alpha must be in [0, 1], got {args.alpha}")
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise DemoError(f"--threshold is a probability: give a value in [0, 1], got {args.threshold}")
 
     cfg = setup_cfg(args)
-    predictor = VocabularyPredictor(cfg)
-    predictor.set_vocabulary(class_names)
-    display_names = [split_synonyms(n)[0] for n in class_names]
-    os.makedirs(args.output, exist_ok=True)
+    segmenter = Segmenter(cfg)
+    options = dict(threshold=args.threshold, distractors=args.distractors)
+    try:  # bad --distractors or a model without a declared score fail here, before any image is read
+        segmenter.check(class_names, **options)
+    except (KeyError, ValueError) as e:
+        raise DemoError(str(e).strip("\"'")) from None
+    os.makedirs(os.path.join(args.output, "labels"), exist_ok=True)
 
-    results, failures, used = {}, [], set()
+    results, failures, used, table = {}, [], set(), None
     for path in tqdm(paths, desc="segmenting", unit="image", disable=len(paths) < 2):
         try:
             image = read_image_rgb(path)
@@ -257,24 +282,33 @@ def run(args) -> int:
             logger.error(str(e))
             failures.append(path)
             continue
-        labels = predictor.segment(image)
-        counts = np.bincount(labels.reshape(-1), minlength=len(class_names))
-        shares = (counts / labels.size).tolist()
+        result = segmenter.segment(image, class_names, **options)
+        shares = result.pixel_shares()
+        display_names = [split_synonyms(n)[0] for n in result.class_names]
         stem = _output_stem(path, used)
-        draw_overlay(image, labels, display_names, shares, args.alpha).save(os.path.join(args.output, f"{stem}.png"))
+        overlay = draw_overlay(image, result.labels, display_names, list(shares.values()), args.alpha)
+        overlay.save(os.path.join(args.output, f"{stem}.png"))
+        Image.fromarray(result.label_image()).save(os.path.join(args.output, "labels", f"{stem}.png"))
+        table = {str(k): v for k, v in result.name_table().items()}
         record = {
             "image": path,
             "height": int(image.shape[0]),
             "width": int(image.shape[1]),
             "overlay": f"{stem}.png",
-            "pixel_shares": {name: round(share, 6) for name, share in zip(class_names, shares)},
+            "labels": f"labels/{stem}.png",
+            "pixel_shares": {name: round(share, 6) for name, share in shares.items()},
         }
         with open(os.path.join(args.output, f"{stem}.json"), "w") as f:
             json.dump(record, f, indent=2)
         results[stem] = record
+    if table is not None:
+        with open(os.path.join(args.output, "label_names.json"), "w") as f:
+            json.dump(table, f, indent=2)
+    summary = {"vocabulary": class_names, "threshold": args.threshold, "distractors": args.distractors,
+               "label_names": table, "images": results, "unreadable": failures}
     with open(os.path.join(args.output, "results.json"), "w") as f:
-        json.dump({"vocabulary": class_names, "images": results, "unreadable": failures}, f, indent=2)
-    logger.info(f"wrote {len(results)} overlays to {args.output}")
+        json.dump(summary, f, indent=2)
+    logger.info(f"wrote {len(results)} overlays and label maps to {args.output}")
     if failures:
         logger.error(f"{len(failures)} of {len(paths)} inputs could not be read: {', '.join(failures)}")
         return 1

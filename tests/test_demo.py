@@ -29,6 +29,8 @@ class DemoColorSegmenter(nn.Module):
     """Stand-in for DINOv3Seg with its API: a class wins where the pixel colour is closest to the
     colour its first name says. Runs the real LGA over views, so the demo exercises that path too."""
 
+    sem_seg_score_type = "sigmoid"  # the LGA averages sigmoid probabilities
+
     @configurable
     def __init__(self, *, lga, pixel_mean, pixel_std):
         super().__init__()
@@ -279,3 +281,86 @@ def test_demo_with_the_quickstart_model_and_a_checkpoint(tmp_path):
     for record in summary["images"].values():
         assert abs(sum(record["pixel_shares"].values()) - 1) < 1e-4
         assert Image.open(out / record["overlay"]).width > record["width"]
+
+
+def test_demo_writes_the_label_map_and_its_name_table(config_file, tmp_path):
+    d = tmp_path / "imgs"
+    d.mkdir()
+    rgb = np.zeros((40, 60, 3), np.uint8)
+    rgb[:, :30] = COLOR_NAMES["red"]
+    rgb[:, 30:] = COLOR_NAMES["blue"]
+    Image.fromarray(rgb).save(d / "halves.png")
+    out = tmp_path / "out"
+    assert run_demo(config_file, "--input", str(d), "--vocabulary", "red, blue|navy, gray", "--output", str(out)) == 0
+    index = np.asarray(Image.open(out / "labels" / "halves.png"))
+    assert index.dtype == np.uint8 and index.shape == (40, 60)
+    assert (index[:, :28] == 0).all() and (index[:, 32:] == 1).all()
+    table = json.loads((out / "label_names.json").read_text())
+    assert table == {"0": "red", "1": "blue, navy", "2": "gray"}
+    record = json.loads((out / "halves.json").read_text())
+    assert record["labels"] == "labels/halves.png"
+    counts = np.bincount(index.reshape(-1), minlength=3) / index.size
+    assert [record["pixel_shares"][table[str(i)]] for i in range(3)] == pytest.approx(counts.tolist(), abs=1e-6)
+    assert json.loads((out / "results.json").read_text())["label_names"] == table
+
+
+def test_demo_unlabeled_and_other_pixels(config_file, tmp_path):
+    rgb = np.zeros((40, 60, 3), np.uint8)
+    rgb[:, :20] = COLOR_NAMES["red"]
+    rgb[:, 20:40] = COLOR_NAMES["green"]
+    rgb[:, 40:] = COLOR_NAMES["white"]
+    Image.fromarray(rgb).save(tmp_path / "three.png")
+    out = tmp_path / "out"
+    status = run_demo(config_file, "--input", str(tmp_path / "three.png"), "--vocabulary", "red, blue",
+                      "--threshold", "0.25", "--distractors", "demo_test_distractors", "--output", str(out))
+    assert status == 0
+    index = np.asarray(Image.open(out / "labels" / "three.png"))
+    assert (index[:, :18] == 0).all() and (index[:, 22:38] == 2).all() and (index[:, 42:] == 255).all()
+    assert json.loads((out / "label_names.json").read_text()) == {"0": "red", "1": "blue", "2": "other",
+                                                                  "255": "unlabeled"}
+    shares = json.loads((out / "three.json").read_text())["pixel_shares"]
+    assert list(shares) == ["red", "blue", "other", "unlabeled"] and abs(sum(shares.values()) - 1) < 1e-4
+    counts = {name: float(np.mean(index == value)) for value, name in [(0, "red"), (1, "blue"), (2, "other"),
+                                                                        (255, "unlabeled")]}
+    assert shares == pytest.approx(counts, abs=1e-6) and min(counts["other"], counts["unlabeled"]) > 0.25
+    overlay = np.asarray(Image.open(out / "three.png"))
+    np.testing.assert_array_equal(overlay[:, 45:60], rgb[:, 45:])  # unlabeled pixels stay uncoloured
+    assert (overlay[:, :15] != rgb[:, :15]).any()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _distractor_dataset():
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    name = "demo_test_distractors"
+    if name not in DatasetCatalog.list():
+        DatasetCatalog.register(name, lambda: [])
+        MetadataCatalog.get(name).set(stuff_classes=["green", "Red", "cat"])
+
+
+def test_demo_uint16_label_map_beyond_255_classes(config_file, tmp_path):
+    vocab = tmp_path / "many.txt"
+    vocab.write_text("\n".join(["red", "blue"] + [f"thing {i}" for i in range(298)]))
+    rgb = np.zeros((24, 24, 3), np.uint8)
+    rgb[:, 12:] = COLOR_NAMES["blue"]
+    rgb[:, :12] = COLOR_NAMES["red"]
+    Image.fromarray(rgb).save(tmp_path / "x.png")
+    out = tmp_path / "out"
+    assert run_demo(config_file, "--input", str(tmp_path / "x.png"), "--vocabulary-file", str(vocab),
+                    "--threshold", "0.25", "--output", str(out)) == 0
+    import cv2
+
+    index = cv2.imread(str(out / "labels" / "x.png"), cv2.IMREAD_UNCHANGED)  # the PNG's own bit depth
+    assert index.dtype == np.uint16 and set(np.unique(index)) <= {0, 1, 65535} and (index[:, :10] == 0).all()
+    table = json.loads((out / "label_names.json").read_text())
+    assert len(table) == 301 and table["299"] == "thing 297" and table["65535"] == "unlabeled"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--threshold", "2"], "--threshold is a probability"),
+    (["--distractors", "klingon"], "unknown vocabulary 'klingon'"),
+])
+def test_bad_none_of_these_options(config_file, tmp_path, capsys, args, message):
+    assert run_demo(config_file, "--input", real_photo(tmp_path), "--vocabulary", "red", *args,
+                    "--output", str(tmp_path / "o")) == 2
+    assert message in capsys.readouterr().err

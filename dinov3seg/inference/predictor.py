@@ -14,7 +14,7 @@ from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["VocabularyPredictor", "read_image_rgb", "to_uint8_rgb"]
+__all__ = ["VocabularyPredictor", "pil_to_rgb", "read_image_rgb", "to_uint8_rgb"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,30 +53,32 @@ def to_uint8_rgb(array: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
-def read_image_rgb(path: str) -> np.ndarray:
-    """Read an image file as H x W x 3 uint8 RGB (EXIF orientation applied; grayscale, palette, RGBA,
-    CMYK, 16-bit and float images converted). Raises ValueError with the path if it is unreadable."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            if img.mode in ("RGB", "L"):
-                array = np.asarray(img)
-            elif img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-                array = np.asarray(img)
-            elif img.mode in ("LA", "La"):
-                array = np.asarray(img.convert("L"))
-            elif img.mode == "1":
-                array = np.asarray(img.convert("L"))
-            else:  # P, PA, RGBA, RGBa, CMYK, YCbCr, LAB, HSV, ...
-                array = np.asarray(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ValueError(f"cannot read image '{path}': {e}") from None
+def pil_to_rgb(img: Image.Image) -> np.ndarray:
+    """A PIL image as H x W x 3 uint8 RGB (EXIF orientation applied; grayscale, palette, RGBA, CMYK,
+    16-bit and float images converted)."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("RGB", "L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        array = np.asarray(img)
+    elif img.mode in ("LA", "La", "1"):
+        array = np.asarray(img.convert("L"))
+    else:  # P, PA, RGBA, RGBa, CMYK, YCbCr, LAB, HSV, ...
+        array = np.asarray(img.convert("RGB"))
     if array.size == 0:
-        raise ValueError(f"cannot read image '{path}': it has no pixels")
+        raise ValueError("the image has no pixels")
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("="))
     return to_uint8_rgb(array)
+
+
+def read_image_rgb(path: str) -> np.ndarray:
+    """Read an image file as H x W x 3 uint8 RGB (see :func:`pil_to_rgb`). Raises ValueError with the
+    path if it is unreadable."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return pil_to_rgb(img)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"cannot read image '{path}': {e}") from None
 
 
 def _load_checkpoint(model: torch.nn.Module, path: str) -> None:

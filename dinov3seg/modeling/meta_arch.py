@@ -108,6 +108,12 @@ class DINOv3Seg(nn.Module):
     def device(self) -> torch.device:
         return self.pixel_mean.device
 
+    @property
+    def sem_seg_score_type(self) -> str:
+        """What the test-time ``sem_seg`` holds: "sigmoid" probabilities (LGA averages probabilities) or
+        per-class sigmoid "logit"s; read by the API to threshold "none of these" pixels."""
+        return "sigmoid" if self.lga.average == "probabilities" else "logit"
+
     def set_vocabulary(self, class_names: List[str]) -> None:
         """Set the class names used at test time (each may hold comma-separated synonyms)."""
         self.test_class_names = validate_vocabulary(list(class_names), "the test vocabulary")
