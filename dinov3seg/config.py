@@ -130,6 +130,16 @@ def add_dinov3seg_config(cfg):
     cfg.TEST.LGA.GLOBAL_WEIGHT = 0.5  # weight of the global view in the final average
     cfg.TEST.LGA.AVERAGE = "probabilities"  # average "probabilities" (sigmoid) or "logits"
 
+    # --- Training-free dinov3.txt segmentation (META_ARCHITECTURE "DINOTxtZeroShot", DESIGN.md §5b) ---
+    # Head tokens and AnyUp: MODEL.DINOTXT.USE_VISION_HEAD and MODEL.ANYUP.ENABLED (configs/dinotxt_zeroshot.yaml).
+    cfg.MODEL.ZEROSHOT = CN()
+    # "slide": Meta's recipe (short side SHORT_SIDE, WINDOW windows at STRIDE, softmaxes averaged);
+    # "whole": the whole resized image in one pass; "lga": our Local-Global Aggregation (TEST.LGA.*, VIEW_SIZE).
+    cfg.MODEL.ZEROSHOT.MODE = "slide"
+    cfg.MODEL.ZEROSHOT.SHORT_SIDE = 512  # "slide" / "whole": short side resized to this (Pillow bicubic); 0 = keep
+    cfg.MODEL.ZEROSHOT.WINDOW = 384  # "slide": window side; the last window of a row / column is flush
+    cfg.MODEL.ZEROSHOT.STRIDE = 192  # "slide": window stride
+
     # --- Evaluation ---
     # Also report mIoU on classes seen / unseen in training (DATASETS.TRAIN[0]'s vocabulary,
     # matched by name and synonyms) and their harmonic mean.

@@ -15,6 +15,7 @@ from ..inference.lga import LocalGlobalAggregation
 from .encoders import build_anyup, build_dinotxt, build_sam, sam_sizes
 from .encoders.sam import NECK_CHANNELS as SAM_NECK_CHANNELS
 from .loss import sem_seg_bce_loss
+from .meta_arch_common import configured_test_vocabulary, patch_features
 from .encoders.tokenizer import build_tokenizer
 from .text_embeddings import TextEmbedder
 
@@ -91,10 +92,8 @@ class DINOv3Seg(nn.Module):
         stride = input_shape["patches"].stride
         train_names = load_class_names(head_cfg.TRAIN_CLASS_JSON, cfg.DATASETS.TRAIN,
                                        "MODEL.DINOV3SEG.TRAIN_CLASS_JSON", "DATASETS.TRAIN")
-        test_names = train_names  # until set_vocabulary, unless a test vocabulary is configured
-        if head_cfg.TEST_CLASS_JSON or cfg.DATASETS.TEST:
-            test_names = load_class_names(head_cfg.TEST_CLASS_JSON, cfg.DATASETS.TEST,
-                                          "MODEL.DINOV3SEG.TEST_CLASS_JSON", "DATASETS.TEST")
+        # until set_vocabulary, unless a test vocabulary is configured
+        test_names = configured_test_vocabulary(cfg) or train_names
         return dict(
             dinotxt=dinotxt, anyup=anyup, sam=sam, sem_seg_head=build_sem_seg_head(cfg, input_shape),
             text_embedder=TextEmbedder(cfg, text_encoder=dinotxt.text, tokenizer=build_tokenizer()),
@@ -140,10 +139,8 @@ class DINOv3Seg(nn.Module):
         """
         grid = views.shape[-1] // PATCH_SIZE
         with torch.no_grad():
-            _, patches = self.dinotxt.encode_image(views, use_head=self.use_vision_head)
-            if self.anyup is not None:
-                side = grid * PATCH_SIZE // self.anyup_output_stride
-                patches = self.anyup(views, patches, output_size=(side, side))
+            patches = patch_features(self.dinotxt, views, use_head=self.use_vision_head, anyup=self.anyup,
+                                     output_stride=self.anyup_output_stride)
             guidance = decoder_guidance = None
             if self.sam is not None:
                 size = self.sam.image_size

@@ -29,6 +29,7 @@ __all__ = [
     "load_prompt_templates",
     "split_synonyms",
     "TextEmbedder",
+    "average_templates",
 ]
 
 logger = logging.getLogger(__name__)
@@ -375,3 +376,10 @@ class TextEmbedder(nn.Module):
 
     def extra_repr(self) -> str:
         return f"templates={len(self.templates)}, cache_dir={self.cache_dir!r}, chunk_size={self.chunk_size}"
+
+
+def average_templates(embeddings: torch.Tensor) -> torch.Tensor:
+    """CLIP's prompt ensembling: (T, P, D) -> (T, D). Each template's embedding is L2-normalised, the P are
+    averaged and the mean is L2-normalised again (normalising a slice such as the patch-aligned half of
+    ``TextEmbedder``'s output first re-normalises that slice on its own)."""
+    return F.normalize(F.normalize(embeddings, dim=-1).mean(dim=1), dim=-1)

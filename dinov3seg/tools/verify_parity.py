@@ -140,20 +140,30 @@ def build_dinotxt(config: dict, backbone: DINOv3ViT) -> DINOTxt:
     return DINOTxt(backbone, head, text).eval()
 
 
+def referenced_fixture(path: Path, config: dict, name: str) -> Tuple[Path, dict]:
+    """The fixture ``config[name + "_fixture"]`` beside ``path``, checked against ``config[name +
+    "_state_dict_sha256"]``."""
+    ref = path.parent / config[f"{name}_fixture"]
+    require(ref.is_file(), f"{name} fixture {ref} not found")
+    blob = load_fixture(ref)
+    require(state_dict_sha256(blob["state_dict"]) == config[f"{name}_state_dict_sha256"],
+            f"{ref.name} is not the {name} this fixture was made with (state_dict sha256)")
+    return ref, blob
+
+
+def load_dinotxt(blob: dict, backbone_blob: dict) -> DINOTxt:
+    """Our dinov3.txt from a ``dinotxt`` fixture and its backbone fixture, loaded strictly."""
+    model = build_dinotxt(blob["config"], load_dinov3_vit(backbone_blob))
+    result = model.load_dinotxt_state_dict(blob["state_dict"])
+    require(not result.missing_keys, f"missing keys {result.missing_keys}")
+    return model
+
+
 def check_dinotxt(blob: dict, path: Path) -> Iterator[Comparison]:
     from dinov3seg.modeling.encoders.tokenizer import BPE_SHA256, build_tokenizer
 
-    config = blob["config"]
-    backbone_path = path.parent / config["backbone_fixture"]
-    require(backbone_path.is_file(), f"backbone fixture {backbone_path} not found")
-    backbone_blob = load_fixture(backbone_path)
-    require(
-        backbone_blob["state_dict_sha256"] == config["backbone_state_dict_sha256"],
-        f"{backbone_path.name} is not the backbone this fixture was made with (state_dict sha256)",
-    )
-    model = build_dinotxt(config, load_dinov3_vit(backbone_blob))
-    result = model.load_dinotxt_state_dict(blob["state_dict"])
-    require(not result.missing_keys, f"missing keys {result.missing_keys}")
+    backbone_path, backbone_blob = referenced_fixture(path, blob["config"], "backbone")
+    model = load_dinotxt(blob, backbone_blob)
 
     require(blob["bpe_sha256"] == BPE_SHA256, "fixture made with a different BPE vocabulary")
     tokenizer = build_tokenizer()
@@ -274,11 +284,79 @@ def check_catseg_aggregator(blob: dict, path: Path) -> Iterator[Comparison]:
         yield f"{name}/logits(class_chunk_size=3)", heads[1](*args), blob["outputs"][name]["logits"]
 
 
+def check_dinotxt_zeroshot(blob: dict, path: Path) -> Iterator[Comparison]:
+    """Meta's training-free dense recipe (parity README §7) through our DINOTxtZeroShot, set up from the
+    fixture's config (sizes, windows, templates, normalisation, class names) on the referenced model fixtures."""
+    from dinov3seg.modeling.encoders.tokenizer import BPE_SHA256, build_tokenizer
+    from dinov3seg.modeling.meta_arch_common import to_output_size
+    from dinov3seg.modeling.meta_arch_zeroshot import DINOTxtZeroShot
+    from dinov3seg.modeling.text_embeddings import IMAGENET_TEMPLATES, TextEmbedder
+
+    c, inputs, expected = blob["config"], blob["inputs"], blob["outputs"]
+    require(c["bpe_sha256"] == BPE_SHA256, "fixture made with a different BPE vocabulary")
+    require(c["mode"] in ("slide", "whole") and c["resize_interpolation"].startswith("bicubic"),
+            f"unsupported recipe: mode {c['mode']!r}, resize {c['resize_interpolation']!r}")
+    names = list(inputs["class_names"])
+    require(not any("," in n for n in names), f"class names {names}: commas separate synonyms in our "
+            "vocabularies, Meta's recipe keeps them inside the prompt")
+    templates = [t.replace("{0}", "{}") for t in c["prompt_templates"]]
+    require(c["templates"] != "imagenet80" or tuple(templates) == IMAGENET_TEMPLATES,
+            "the fixture's 80 ImageNet templates differ from IMAGENET_TEMPLATES")
+    _, backbone_blob = referenced_fixture(path, c, "backbone")
+    _, dinotxt_blob = referenced_fixture(path, c, "dinotxt")
+    dinotxt = load_dinotxt(dinotxt_blob, backbone_blob)
+    require(dinotxt.backbone.patch_size == c["patch_size"], f"patch size {c['patch_size']} != ours")
+
+    token_ids = []  # what the model's text embedder tokenizes, in its order (class, template)
+    tokenizer = build_tokenizer()
+
+    def recording_tokenizer(texts, context_length):
+        token_ids.append(tokenizer(texts, context_length=context_length))
+        return token_ids[-1]
+
+    embedder = TextEmbedder(text_encoder=dinotxt.text, tokenizer=recording_tokenizer, templates=templates,
+                            context_length=c["context_length"])
+    model = DINOTxtZeroShot(
+        dinotxt=dinotxt, anyup=None, text_embedder=embedder, lga=None,
+        pixel_mean=[255 * m for m in c["normalize"]["mean"]], pixel_std=[255 * s for s in c["normalize"]["std"]],
+        test_class_names=names, mode=c["mode"], short_side=c["resize_short_side"], window=c["side"],
+        stride=c["stride"], use_vision_head=False)
+
+    text = model.text_features(names)
+    ids = torch.cat(token_ids).view(len(names), len(templates), -1)
+    width = expected["token_ids"].shape[-1]
+    yield "token_ids", ids[..., :width], expected["token_ids"]
+    yield "token_ids (beyond the stored columns: padding)", ids[..., width:], torch.zeros_like(ids[..., width:])
+    image = torch.as_tensor(inputs["image_uint8"]).permute(2, 0, 1)
+    resized = model.normalize(model.resize(image))
+    height, width = resized.shape[-2:]
+    slide = model.slide_probabilities(resized, text)
+    ours = {"text_features": text, "image_resized_normalized": resized, "probs_slide": slide,
+            "cos_whole": model.cosines(resized[None], text)[0]}
+    yield from paired("", ours, {k: v for k, v in expected.items() if k not in ("token_ids", "pred_at_input_size")})
+    yield ("slide_windows_yyxx", torch.tensor(model.window_boxes(height, width)),
+           torch.tensor(c["slide_windows_yyxx"]))
+
+    # The label map through the model's own forward. An argmax may flip only where the top-2 margin is within
+    # twice the error of what is upsampled to it (bilinear weights sum to 1): those pixels are left out.
+    before = slide if c["mode"] == "slide" else ours["cos_whole"]
+    error = float((before - expected["probs_slide" if c["mode"] == "slide" else "cos_whole"]).abs().max())
+    x = {"image": image, "height": image.shape[1], "width": image.shape[2]}
+    pred = model([x])[0]["sem_seg"].argmax(dim=0)
+    top2 = to_output_size(before, x).topk(2, dim=0).values
+    keep = (top2[0] - top2[1]) > 2 * error + 1e-7
+    yield (f"pred_at_input_size ({int((~keep).sum())} px with margin <= {2 * error:.1e} left out)", pred[keep],
+           expected["pred_at_input_size"][keep])
+
+
 PARITY_CHECKS: Dict[str, Callable[[dict, Path], Iterator[Comparison]]] = {
     "dinov3_vit": check_dinov3_vit,
     "dinotxt": check_dinotxt,
     "anyup": check_anyup,
     "catseg_aggregator": check_catseg_aggregator,
+
+
+    "dinotxt_zeroshot": check_dinotxt_zeroshot,
 }
 
 
