@@ -179,8 +179,8 @@ def test_vocabulary_sources(config_file, tmp_path):
         (["--vocabulary", " , ,"], "--vocabulary is empty"),
         (["--vocabulary", "cat, dog, Cat"], "duplicate class names"),
         (["--vocabulary", "dog, cat|dog"], "'dog' is in two classes"),
-        (["--vocabulary-file", "VOCAB_EMPTY"], "is empty"),
-        (["--vocabulary-file", "MISSING.txt"], "cannot read --vocabulary-file"),
+        (["--vocabulary-file", "VOCAB_EMPTY"], "has zero classes"),
+        (["--vocabulary-file", "MISSING.txt"], "--vocabulary-file: class-name file"),
         (["--dataset", "no_such_benchmark"], "no registered dataset with class names matches"),
     ],
 )

@@ -56,6 +56,7 @@ def read_class_file(path: Union[str, os.PathLike]) -> List[str]:
         if not isinstance(names, list):
             raise ValueError(f"class-name file '{path}' must hold a JSON list of names, found "
                              f"{type(names).__name__}")
+        names = [n.strip() if isinstance(n, str) else n for n in names]
     else:
         names = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     return validate_vocabulary(names, f"class-name file '{path}'")
