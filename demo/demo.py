@@ -38,6 +38,7 @@ from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from dinov3seg.config import add_dinov3seg_config  # noqa: E402
+from dinov3seg.data.datasets import read_class_file  # noqa: E402
 from dinov3seg.data.datasets.register_benchmarks import class_colors  # noqa: E402
 from dinov3seg.data.vocabulary import validate_vocabulary  # noqa: E402
 from dinov3seg.inference.predictor import read_image_rgb  # noqa: E402
@@ -127,23 +128,11 @@ def parse_vocabulary(text: str) -> List[str]:
 
 def read_vocabulary_file(path: str) -> List[str]:
     """A JSON list of names, or a text file with one class per line (synonyms comma-separated)."""
-    source = f"--vocabulary-file '{path}'"
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as e:
-        raise DemoError(f"cannot read {source}: {e.strerror}") from None
-    if path.lower().endswith(".json"):
-        try:
-            names = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DemoError(f"{source} is not valid JSON: {e}") from None
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise DemoError(f"{source} must hold a JSON list of class-name strings")
-        names = [n.strip() for n in names]
-    else:
-        names = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
-    return _check_user_vocabulary(names, source, shared_synonyms_ok=True)
+        names = read_class_file(path)
+    except (OSError, ValueError) as e:
+        raise DemoError(f"--vocabulary-file: {e}") from None
+    return _check_user_vocabulary(names, f"--vocabulary-file '{path}'", shared_synonyms_ok=True)
 
 
 def dataset_vocabulary(name: str) -> List[str]:

@@ -281,3 +281,13 @@ def test_train_net_and_eval_sh_on_your_own_dataset(tmp_path):
     env["EVAL_DATASETS"] = "mydata_val not_registered_anywhere"
     code, log = run(["bash", "eval.sh", "configs/quickstart.yaml", "0", str(out), "TEST.LGA.ENABLED", "False"], env)
     assert code == 1 and "'not_registered_anywhere' (in EVAL_DATASETS) is not registered" in log
+
+
+def test_label_values_match_numpy_unique():
+    from dinov3seg.data.datasets.custom import _label_values
+
+    rng = np.random.default_rng(0)
+    for label in (rng.integers(0, 256, (30, 40)).astype(np.uint8), rng.integers(0, 65536, (30, 40)).astype(np.uint16),
+                  rng.integers(-3, 5, (30, 40)).astype(np.int32), np.array([[70000, 1]], np.int32),
+                  np.array([[True, False]])):
+        np.testing.assert_array_equal(_label_values(label), np.unique(label))

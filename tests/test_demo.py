@@ -179,8 +179,8 @@ def test_vocabulary_sources(config_file, tmp_path):
         (["--vocabulary", " , ,"], "--vocabulary is empty"),
         (["--vocabulary", "cat, dog, Cat"], "duplicate class names"),
         (["--vocabulary", "dog, cat|dog"], "'dog' is in two classes"),
-        (["--vocabulary-file", "VOCAB_EMPTY"], "is empty"),
-        (["--vocabulary-file", "MISSING.txt"], "cannot read --vocabulary-file"),
+        (["--vocabulary-file", "VOCAB_EMPTY"], "has zero classes"),
+        (["--vocabulary-file", "MISSING.txt"], "--vocabulary-file: class-name file"),
         (["--dataset", "no_such_benchmark"], "no registered dataset with class names matches"),
     ],
 )
@@ -364,3 +364,31 @@ def test_bad_none_of_these_options(config_file, tmp_path, capsys, args, message)
     assert run_demo(config_file, "--input", real_photo(tmp_path), "--vocabulary", "red", *args,
                     "--output", str(tmp_path / "o")) == 2
     assert message in capsys.readouterr().err
+
+
+def test_demo_label_maps_register_as_a_dataset(config_file, tmp_path):
+    """The README's promise: the demo's index PNGs (255 = unlabeled) and name table are training labels as
+    they are, for register_sem_seg_folder."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from dinov3seg.data.datasets import register_sem_seg_folder
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for i, (a, b) in enumerate([("red", "white"), ("blue", "red")]):
+        rgb = np.zeros((32, 48, 3), np.uint8)
+        rgb[:, :24], rgb[:, 24:] = COLOR_NAMES[a], COLOR_NAMES[b]
+        Image.fromarray(rgb).save(d / f"im{i}.png")
+    out = tmp_path / "out"
+    assert run_demo(config_file, "--input", str(d), "--vocabulary", "red, blue", "--threshold", "0.25",
+                    "--output", str(out)) == 0
+    table = json.loads((out / "label_names.json").read_text())
+    classes = [name for index, name in sorted((int(k), v) for k, v in table.items()) if index != 255]
+    register_sem_seg_folder("demo_test_pseudo_labels", d, out / "labels", classes)
+    try:
+        dicts = DatasetCatalog.get("demo_test_pseudo_labels")  # every label map checked: values 0, 1 or 255
+        assert len(dicts) == 2 and MetadataCatalog.get("demo_test_pseudo_labels").stuff_classes == ["red", "blue"]
+        assert 255 in np.asarray(Image.open(out / "labels" / "im0.png"))  # the white half is unlabeled
+    finally:
+        DatasetCatalog.remove("demo_test_pseudo_labels")
+        MetadataCatalog.remove("demo_test_pseudo_labels")

@@ -33,7 +33,8 @@ from PIL import Image
 
 from .predictor import VocabularyPredictor, pil_to_rgb, read_image_rgb, to_uint8_rgb
 
-__all__ = ["Segmenter", "Segmentation", "resolve_config", "known_vocabulary", "KNOWN_VOCABULARIES"]
+__all__ = ["Segmenter", "Segmentation", "resolve_config", "resolve_repo_files", "known_vocabulary",
+           "KNOWN_VOCABULARIES"]
 
 logger = logging.getLogger(__name__)
 
@@ -271,19 +272,18 @@ class Segmenter:
 
         names, other = list(classes), None
         best, labels = scores.max(dim=0)
-        if extra:
+        if extra:  # distractor pixels -> "other" (appended, or the user's own class of that name)
+            num = len(classes)
             lowered = [c.strip().lower() for c in classes]
-            other = lowered.index(OTHER) if OTHER in lowered else len(classes)
-            if other == len(classes):
+            other = lowered.index(OTHER) if OTHER in lowered else num
+            other_score = scores[num:].max(dim=0).values
+            scores = scores[:num]
+            if other == num:
                 names.append(OTHER)
-            user = scores[: len(classes)]
-            other_score = scores[len(classes):].max(dim=0).values
-            if other == len(classes):
-                user = torch.cat([user, other_score[None]])
+                scores = torch.cat([scores, other_score[None]])
             else:
-                user[other] = torch.maximum(user[other], other_score)
-            labels = torch.where(labels >= len(classes), torch.full_like(labels, other), labels)
-            scores = user
+                scores[other] = torch.maximum(scores[other], other_score)
+            labels = torch.where(labels >= num, torch.full_like(labels, other), labels)
         if threshold is not None:
             labels = torch.where(best < float(threshold), torch.full_like(labels, Segmentation.UNLABELED), labels)
         if labels.shape != rgb.shape[:2]:

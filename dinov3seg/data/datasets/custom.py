@@ -20,6 +20,8 @@ import json
 import logging
 import os
 import runpy
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -56,6 +58,7 @@ def read_class_file(path: Union[str, os.PathLike]) -> List[str]:
         if not isinstance(names, list):
             raise ValueError(f"class-name file '{path}' must hold a JSON list of names, found "
                              f"{type(names).__name__}")
+        names = [n.strip() if isinstance(n, str) else n for n in names]
     else:
         names = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     return validate_vocabulary(names, f"class-name file '{path}'")
@@ -77,24 +80,46 @@ def _examples(items: List[str]) -> str:
     return "; ".join(items[:_MAX_LISTED]) + more
 
 
+def _label_values(label: np.ndarray) -> np.ndarray:
+    """The sorted distinct values of a label map (a bincount when they are small non-negative integers:
+    10x faster than np.unique on a photo-sized map)."""
+    flat = label.ravel()
+    if flat.size and flat.dtype.kind in "ui" and flat.min() >= 0 and flat.max() <= 65535:
+        return np.flatnonzero(np.bincount(flat))
+    return np.unique(flat)
+
+
+def _inspect(pair: dict):
+    """(mode problem, size problem, distinct values) of one image / label pair."""
+    with Image.open(pair["sem_seg_file_name"]) as label:
+        if label.mode not in SINGLE_CHANNEL_MODES:
+            return f"{pair['sem_seg_file_name']} ({label.mode})", None, None
+        with Image.open(pair["file_name"]) as image:
+            size = None
+            if image.size != label.size:
+                size = (f"{pair['sem_seg_file_name']} is {label.size[0]}x{label.size[1]}, its image "
+                        f"{image.size[0]}x{image.size[1]}")
+        return None, size, _label_values(np.asarray(label))
+
+
 def check_labels(name: str, pairs: List[dict], num_classes: int, ignore_label: int) -> None:
-    """Read every label map once: single channel, the image's size, values in 0..num_classes-1 or
-    ``ignore_label``. Raises one ValueError listing what is wrong, with examples."""
+    """Read every label map once (threads; a few ms per map): single channel, the image's size, values in
+    0..num_classes-1 or ``ignore_label``. Raises one ValueError listing what is wrong, with examples."""
     bad_mode, bad_size, bad_values, used = [], [], [], set()
-    for d in pairs:
-        with Image.open(d["sem_seg_file_name"]) as label:
-            if label.mode not in SINGLE_CHANNEL_MODES:
-                bad_mode.append(f"{d['sem_seg_file_name']} ({label.mode})")
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for pair, (mode, size, values) in zip(pairs, pool.map(_inspect, pairs)):
+            if mode:
+                bad_mode.append(mode)
                 continue
-            with Image.open(d["file_name"]) as image:
-                if image.size != label.size:
-                    bad_size.append(f"{d['sem_seg_file_name']} is {label.size[0]}x{label.size[1]}, its image "
-                                    f"{image.size[0]}x{image.size[1]}")
-            values = np.unique(np.asarray(label))
-        used.update(values.tolist())
-        wrong = values[(values != ignore_label) & ((values < 0) | (values >= num_classes))]
-        if wrong.size:
-            bad_values.append(f"{d['sem_seg_file_name']}: {wrong[:_MAX_LISTED].tolist()}")
+            if size:
+                bad_size.append(size)
+            used.update(values.tolist())
+            wrong = values[(values != ignore_label) & ((values < 0) | (values >= num_classes))]
+            if wrong.size:
+                bad_values.append(f"{pair['sem_seg_file_name']}: {wrong[:_MAX_LISTED].tolist()}")
+    logger.info(f"Dataset '{name}': checked {len(pairs)} label maps in {time.perf_counter() - start:.1f} s "
+                "(register with validate=False to skip)")
     problems = []
     if bad_mode:
         problems.append(f"{len(bad_mode)} label maps are not single-channel index images (a colour-coded label "
