@@ -118,10 +118,14 @@ class ClassRefinement(GuidedAttentionBlock):
         """Key and value of the padding token, split into heads, and the number of padding slots (T < pad_len)."""
         if self.padding_token is None or t >= self.pad_len:
             return None
-        token = self.norm1(self.padding_token)
+        # Functional calls: a module called on a bare parameter trips FlopCounterMode's module hooks under
+        # inference_mode (tools/benchmark).
+        norm = self.norm1
+        token = F.layer_norm(self.padding_token, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
         with_guidance = token if self.padding_guidance is None else torch.cat([token, self.padding_guidance])
         split = lambda y: y.view(self.num_heads, -1)  # noqa: E731
-        return split(self.k(with_guidance)), split(self.v(token)), self.pad_len - t
+        k, v = F.linear(with_guidance, self.k.weight, self.k.bias), F.linear(token, self.v.weight, self.v.bias)
+        return split(k), split(v), self.pad_len - t
 
     def _refine(self, tokens: torch.Tensor, guidance: torch.Tensor, padding: Padding) -> torch.Tensor:
         """tokens: (B, N, T, C), N pixels of each of B views; guidance: (B, T, G). Returns (B, N, T, C)."""

@@ -145,7 +145,7 @@ class DINOv3SegHead(nn.Module):
             kept = cost.flatten(3).amax(dim=(1, 3)).topk(self.pad_len, dim=1).indices  # B, pad_len
             cost = torch.gather(cost, 2, kept[:, None, :, None, None].expand(-1, cost.shape[1], -1, *cost.shape[-2:]))
             # As CAT-Seg, the kept embeddings enter the text guidance unit-norm per cost channel.
-            text = torch.gather(F.normalize(text, dim=-1), 1, kept[:, :, None, None].expand(-1, -1, *text.shape[-2:]))
+            text = F.normalize(torch.gather(text, 1, kept[:, :, None, None].expand(-1, -1, *text.shape[-2:])), dim=-1)
         x = self.cost_embedding(cost)  # B, T, C, H, W
         text_guidance = self.text_guidance(text)  # B, T, G
         if self.guidance_projection is not None:
