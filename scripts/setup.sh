@@ -3,18 +3,20 @@
 #   bash scripts/setup.sh                    # pinned stack (requirements.txt) in .venv
 #   bash scripts/setup.sh --stack current    # current stack (requirements-current.txt) in .venv-current
 #   bash scripts/setup.sh --venv DIR         # another folder (with either stack)
+#   bash scripts/setup.sh --print-python     # only say which Python a new venv would use, and why
 # Python: $PYTHON_BIN if set, else the newest supported one (3.13 > 3.12 > 3.11) on PATH whose pinned
 # torch wheel pip finds without downloading (a local wheel folder or mirror), else the newest found.
 # docs/install.md explains the choice and what each stack holds.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-stack=pinned venv=
+stack=pinned venv= print_python=
 while [ $# -gt 0 ]; do
   case "$1" in
     --stack) stack=${2:?--stack needs pinned or current}; shift 2 ;;
     --venv) venv=${2:?--venv needs a folder}; shift 2 ;;
-    *) echo "setup.sh: unknown argument '$1' (use --stack pinned|current, --venv DIR)" >&2; exit 2 ;;
+    --print-python) print_python=1; shift ;;
+    *) echo "setup.sh: unknown argument '$1' (use --stack pinned|current, --venv DIR, --print-python)" >&2; exit 2 ;;
   esac
 done
 case "$stack" in
@@ -51,11 +53,16 @@ choose_python() {
   done
 }
 
+if [ -n "$print_python" ]; then
+  choose_python
+  echo "$python ($("$python" -V); $why)"
+  exit 0
+fi
 if [ -x "$venv/bin/python" ]; then
   echo "setup.sh: reusing $venv ($("$venv/bin/python" -V)); delete it to start over"
 else
   choose_python
-  echo "setup.sh: creating $venv with $python ($("$python" -V); $why), $stack stack ($reqs)"
+  echo "setup.sh: creating $venv with $python ($("$python" -V); $why) from $reqs"
   "$python" -m venv "$venv"
 fi
 vpy="$root/$venv/bin/python"
@@ -66,5 +73,5 @@ PYTHON="$vpy" bash scripts/install_detectron2.sh
 "$vpy" -m pip install -q --no-deps -e .
 "$vpy" -c "
 import sys, numpy, PIL, torch, dinov3seg, detectron2, segment_anything, timm
-print(f'dinov3seg environment ready in $venv ($stack stack): Python {sys.version.split()[0]}, torch {torch.__version__}, '
+print(f'dinov3seg environment ready in $venv ($reqs): Python {sys.version.split()[0]}, torch {torch.__version__}, '
       f'numpy {numpy.__version__}, Pillow {PIL.__version__}, detectron2 {detectron2.__version__}')"

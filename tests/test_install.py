@@ -1,6 +1,7 @@
 """The install files: the two numerical stacks stay in step, and setup.sh rejects bad arguments clearly."""
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,3 +33,8 @@ def test_setup_rejects_unknown_stack_and_python(tmp_path):
     proc = _setup("--venv", str(tmp_path / "venv"), PYTHON_BIN="/bin/false")
     assert proc.returncode == 2 and "not a Python 3.11-3.13" in proc.stderr
     assert not (tmp_path / "venv").exists()
+
+
+def test_setup_says_which_python():
+    proc = _setup("--print-python", PYTHON_BIN=sys.executable)
+    assert proc.returncode == 0 and proc.stdout.startswith(f"{sys.executable} (Python {sys.version.split()[0]}; PYTHON_BIN)")
