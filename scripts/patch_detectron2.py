@@ -4,9 +4,11 @@
     python scripts/patch_detectron2.py --markdown     # the table in docs/install.md
 
 Each entry replaces an exact string in one file of the upstream v0.6 sources (a whole word: ``np.int``
-does not match ``np.int64``) and must match exactly ``count`` times, so a different sdist fails loudly instead of being half-patched. They are the renames
-upstream Detectron2 made itself after 0.6 (numpy >= 1.24 / 2, Pillow >= 10, Python 3.11, torch 2) and
-the ``pkg_resources`` import (setuptools 84 no longer ships it); behaviour is unchanged otherwise.
+does not match ``np.int64``) and must match exactly ``count`` times, so a different sdist fails loudly
+instead of being half-patched. They are fixes upstream Detectron2 made itself after 0.6: the renames for
+numpy >= 1.24 / 2 and Pillow >= 10 (same behaviour), the ``pkg_resources`` import (setuptools 84 no longer
+ships it), ``random.sample`` on a set (Python 3.11), and the state that ``--resume`` lost: a torch 2
+scheduler's and, with any scheduler, the optimizer's.
 """
 import argparse
 import re
