@@ -13,7 +13,7 @@ import json
 import os
 from collections import OrderedDict
 
-import dinov3seg  # noqa: F401  (registers the model and datasets; numpy/Pillow aliases first)
+import dinov3seg  # noqa: F401  (registers the model and datasets)
 import detectron2.utils.comm as comm
 from detectron2.data import DatasetCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup

@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 
-import dinov3seg  # noqa: E402,F401  (compat aliases, registers the model and datasets)
+import dinov3seg  # noqa: E402,F401  (registers the model and datasets)
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402

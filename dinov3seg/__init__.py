@@ -1,5 +1,4 @@
 """dinov3seg: open-vocabulary semantic segmentation on DINOv3 and dinov3.txt, in Detectron2."""
-from . import compat  # noqa: F401  (must run before the first detectron2 import)
 from .config import add_dinov3seg_config, get_dinov3seg_cfg  # noqa: F401
 from . import modeling  # noqa: F401  (registers META_ARCH / SEM_SEG_HEAD)
 from . import data  # noqa: F401  (registers datasets)

@@ -4,8 +4,6 @@ from pathlib import Path
 
 import pytest
 
-import dinov3seg.compat  # noqa: F401  (numpy / Pillow aliases before anything imports detectron2)
-
 
 @pytest.fixture(scope="session")
 def parity_dir() -> Path:
