@@ -305,11 +305,21 @@ class AnyUp(nn.Module):
         """ImageNet-normalised image [B,3,H,W] -> RoPE-encoded pixel embeddings [B,D,H,W]."""
         return self.rope(self.image_encoder(image))
 
+    def encode_pixels(self, image: torch.Tensor, query_size: Size, key_size: Size) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The image-resolution part (what MODEL.COMPILE compiles): image [B,3,H,W] -> queries [B,D,*query_size]
+        and image keys [B,D,*key_size], each encoder pooled to its grid."""
+        encoded = self.encode_image(image)
+        return (_encode_pooled(self.query_encoder, encoded, query_size),
+                _encode_pooled(self.key_encoder, encoded, key_size))
+
+    def aggregate_keys(self, image_keys: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """Pooled image keys [B,D,h,w] and features [B,C,h,w] -> keys [B,D,h,w] (before the key RMSNorm)."""
+        k_feat = self.key_features_encoder(F.normalize(features, dim=1))
+        return self.aggregation(torch.cat([image_keys, k_feat], dim=1))
+
     def encode_keys(self, encoded_image: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Pixel embeddings [B,D,H,W] and features [B,C,h,w] -> keys [B,D,h,w] (before the key RMSNorm)."""
-        k = _encode_pooled(self.key_encoder, encoded_image, features.shape[-2:])
-        k_feat = self.key_features_encoder(F.normalize(features, dim=1))
-        return self.aggregation(torch.cat([k, k_feat], dim=1))
+        return self.aggregate_keys(_encode_pooled(self.key_encoder, encoded_image, features.shape[-2:]), features)
 
     def forward(self, image: torch.Tensor, features: torch.Tensor, output_size: Optional[Size] = None,
                 q_chunk_size: Optional[int] = None) -> torch.Tensor:
@@ -319,8 +329,7 @@ class AnyUp(nn.Module):
         ``q_chunk_size`` overrides the constructor default; chunking does not change the result.
         """
         output_size = image.shape[-2:] if output_size is None else output_size
-        encoded = self.encode_image(image)
-        q = _encode_pooled(self.query_encoder, encoded, output_size)
-        k = self.encode_keys(encoded, features)
+        q, k_image = self.encode_pixels(image, tuple(output_size), tuple(features.shape[-2:]))
+        k = self.aggregate_keys(k_image, features)
         chunk = self.q_chunk_size if q_chunk_size is None else q_chunk_size
         return self.cross_decode(q, k, features, chunk)
