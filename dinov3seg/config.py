@@ -117,8 +117,12 @@ def add_dinov3seg_config(cfg):
     # Loss: per-pixel BCE over one-hot classes. False: ignore pixels are excluded;
     # True: CAT-Seg's behaviour (ignore pixels are negatives for every class).
     cfg.MODEL.DINOV3SEG.IGNORE_AS_NEGATIVE = False
-    # Autocast dtype on GPU: "bf16" or "fp32" (the CPU always runs fp32).
-    cfg.MODEL.DINOV3SEG.PRECISION = "bf16"
+    # "auto": bf16 autocast on CUDA with bf16 and on CPUs with AMX-BF16 / AVX512-BF16, else fp32 (the pick and
+    # its reason are logged); "bf16" or "fp32" force it. Norms, softmax, RoPE, cost normalisation stay fp32.
+    cfg.MODEL.DINOV3SEG.PRECISION = "auto"
+    # torch.compile of the parts where it pays (AnyUp's image-resolution encoders); needs a C++ compiler
+    # (CPU) or Triton (CUDA). Same results; the first call of each input shape compiles.
+    cfg.MODEL.COMPILE = False
 
     # --- Local-Global Aggregation (test time) ---
     cfg.TEST.LGA = CN()

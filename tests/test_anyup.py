@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dinov3seg.modeling.encoders.anyup import AnyUp, LearnedFeatureUnification, PointwiseConv
+from dinov3seg.modeling.encoders.anyup import AnyUp, LearnedFeatureUnification, PointwiseConv, ResBlock, RoPE
 
 TOL = dict(atol=1e-4, rtol=1e-4)
 
@@ -50,6 +50,56 @@ def test_fast_layers_equal_their_convolutions():
     taps = F.conv2d(torch.ones(1, 1, h, w), torch.ones(1, 1, 5, 5), padding=2)
     expected = (responses / taps).reshape(b, 4, c, h, w).softmax(dim=1).mean(dim=2)
     torch.testing.assert_close(lfu(features), expected)
+
+
+@pytest.mark.parametrize("channels, filters", [(12, 4), (4, 4), (6, 4)])  # fused (C/M = 3, 1), volume
+def test_feature_unification_equals_the_convolution(channels, filters):
+    """Fused (M divides C: per channel group and pixel chunk, 9 x 11 = 99 pixels -> an uneven last chunk) and
+    volume paths against the batched convolution whose C x M responses are re-read as M x C."""
+    torch.manual_seed(0)
+    lfu = LearnedFeatureUnification(num_filters=filters, kernel_size=5)
+    lfu.basis.data *= 3  # peaked softmaxes
+    b, h, w = 2, 9, 11
+    features = torch.randn(b, channels, h, w)
+    responses = F.conv2d(features.reshape(b * channels, 1, h, w), lfu.basis, padding=2)
+    taps = F.conv2d(torch.ones(1, 1, h, w), torch.ones(1, 1, 5, 5), padding=2)
+    expected = (responses / taps).reshape(b, filters, channels, h, w).softmax(dim=1).mean(dim=2)
+    torch.testing.assert_close(lfu(features), expected, atol=1e-7, rtol=1e-6)
+
+
+def test_pooled_resblock_and_rope_equal_their_definitions():
+    """ResBlock.forward_pooled = pool(block(x)) (the last 1x1 conv moved after the pooling), in place under
+    no_grad and out of place with autograd; RoPE = x cos + rotate_half(x) sin."""
+    torch.manual_seed(0)
+    block, x = ResBlock(16), torch.randn(2, 16, 32, 48)
+    reference = lambda t: t + block.block(t)  # noqa: E731
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), reference(x))
+        torch.testing.assert_close(block.forward_pooled(x, (4, 6)), F.adaptive_avg_pool2d(reference(x), (4, 6)))
+    leaf = x.clone().requires_grad_()
+    pooled = block.forward_pooled(block(leaf), (4, 6))
+    pooled.sum().backward()
+    assert leaf.grad is not None and torch.isfinite(leaf.grad).all()
+    torch.testing.assert_close(pooled.detach(), F.adaptive_avg_pool2d(reference(reference(x)), (4, 6)))
+
+    rope, x = RoPE(16), torch.randn(2, 16, 5, 7)
+    coords = torch.stack(torch.meshgrid(torch.linspace(0, 1, 5), torch.linspace(0, 1, 7), indexing="ij"), dim=-1)
+    angle = (coords.reshape(35, 2) @ rope.freqs).t().reshape(1, 16, 5, 7)
+    x1, x2 = x.chunk(2, dim=1)
+    with torch.no_grad():
+        torch.testing.assert_close(rope(x), x * angle.cos() + torch.cat((-x2, x1), dim=1) * angle.sin())
+
+
+def test_float32_matches_float64():
+    """The whole fp32 forward against the same weights in float64: fp32 rounding only (the LFU output is
+    nearly constant, so the GroupNorm that follows it amplifies rounding to ~1e-4 in any summation order)."""
+    torch.manual_seed(0)
+    model = AnyUp().eval()
+    image, features = torch.randn(2, 3, 96, 96), torch.randn(2, 256, 6, 6)
+    with torch.no_grad():
+        ours = model(image, features, output_size=(12, 12))
+        exact = model.double()(image.double(), features.double(), output_size=(12, 12))
+    torch.testing.assert_close(ours.double(), exact, atol=2e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("case", ["sq96", "rect128x192"])

@@ -6,7 +6,8 @@ import torch
 
 from dinov3seg.tools import benchmark
 
-TINY = ["--config-file", "configs/quickstart.yaml", "--classes", "3", "--image-size", "96", "128", "--runs", "1"]
+TINY = ["--config-file", "configs/quickstart.yaml", "--classes", "3", "--image-size", "96", "128", "--runs", "1",
+        "--peak-seconds", "0.01"]
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +40,27 @@ def test_component_figures_sum_to_the_total(report):
     assert flops["text_tower"] == 0  # cached
     for name in ("dinov3_backbone", "dinotxt_vision_head", "anyup", "sam", "head", "decoder"):
         assert flops[name] > 0, name
+
+
+def test_efficiency_against_the_machine_peak(report):
+    peaks = report["machine_peaks"]
+    assert set(peaks) == {"fp32", "bf16"} and all(p["gflops_per_s"] > 0 and p["n"] >= 256 for p in peaks.values())
+    assert report["precision"] == "fp32" and "PRECISION=fp32 (forced)" in report["precision_reason"]  # quickstart
+    for name, row in report["components"].items():
+        if row["seconds_per_image"] > 0:
+            assert row["gflops_per_s"] == pytest.approx(row["gflops_per_image"] / row["seconds_per_image"])
+            assert row["share_of_peak"] == pytest.approx(row["gflops_per_s"] / peaks["fp32"]["gflops_per_s"])
+    assert report["share_of_peak"] == pytest.approx(report["gflops_per_s"] / peaks["fp32"]["gflops_per_s"])
+
+
+def test_modes_side_by_side(tmp_path, capsys):
+    """fp32 and forced bf16 in one run (bf16 is slow on CPUs without AMX / AVX512-BF16: tiny sizes)."""
+    out = tmp_path / "modes.json"
+    assert benchmark.main(TINY + ["--image-size", "64", "64", "--modes", "fp32", "bf16", "--json", str(out)]) == 0
+    modes = json.loads(out.read_text())["modes"]
+    assert modes["fp32"]["precision"] == "fp32" and modes["bf16"]["precision"] == "bf16"
+    assert modes["bf16"]["gflops_per_image"] == pytest.approx(modes["fp32"]["gflops_per_image"], rel=1e-9)
+    assert "modes side by side" in capsys.readouterr().out
 
 
 def test_flop_counter_counts_cpu_attention():

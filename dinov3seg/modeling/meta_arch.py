@@ -1,6 +1,7 @@
 """DINOv3Seg: frozen DINOv3 / dinov3.txt / AnyUp / SAM encoders + the trainable dinov3.seg head."""
 import contextlib
-from typing import Dict, List, Optional
+import logging
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -14,12 +15,15 @@ from ..data.vocabulary import load_class_names, validate_vocabulary
 from ..inference.lga import LocalGlobalAggregation
 from .encoders import build_anyup, build_dinotxt, build_sam, sam_sizes
 from .encoders.sam import NECK_CHANNELS as SAM_NECK_CHANNELS
+from .compile import compile_model
 from .loss import sem_seg_bce_loss
 from .meta_arch_common import configured_test_vocabulary, patch_features
+from .precision import autocast, check_precision, fp32_region, keep_norms_fp32, resolve_precision
 from .encoders.tokenizer import build_tokenizer
 from .text_embeddings import TextEmbedder
 
 PATCH_SIZE = 16
+logger = logging.getLogger(__name__)
 
 
 def head_input_shape(cfg) -> Dict[str, ShapeSpec]:
@@ -58,7 +62,7 @@ class DINOv3Seg(nn.Module):
                  sem_seg_head: nn.Module, text_embedder: TextEmbedder, lga: LocalGlobalAggregation,
                  pixel_mean, pixel_std, view_size: int, use_vision_head: bool, anyup_output_stride: int,
                  sam_decoder_guidance: List[int], train_class_names: List[str], test_class_names: List[str],
-                 ignore_value: int, ignore_as_negative: bool, precision: str):
+                 ignore_value: int, ignore_as_negative: bool, precision: str, compile: bool = False):
         super().__init__()
         self.dinotxt, self.anyup, self.sam = dinotxt, anyup, sam
         self.sem_seg_head = sem_seg_head
@@ -74,7 +78,10 @@ class DINOv3Seg(nn.Module):
         self.test_class_names = test_class_names
         self.ignore_value = ignore_value
         self.ignore_as_negative = ignore_as_negative
-        self.precision = precision
+        self.precision = check_precision(precision)
+        self._picked_precision: Dict[str, Tuple[str, str]] = {}  # device type -> (precision, reason)
+        keep_norms_fp32(self)  # norms run in fp32 under bf16 autocast (see modeling/precision.py)
+        self.compiled = compile_model(self) if compile else []
 
     @classmethod
     def from_config(cls, cfg):
@@ -83,8 +90,7 @@ class DINOv3Seg(nn.Module):
         if view <= 0 or view % PATCH_SIZE:
             raise ValueError(f"MODEL.DINOV3SEG.VIEW_SIZE must be a positive multiple of {PATCH_SIZE} "
                              f"(the DINOv3 patch size), got {view}; e.g. 384 gives a 24x24 feature grid.")
-        if head_cfg.PRECISION not in ("bf16", "fp32"):
-            raise ValueError(f"MODEL.DINOV3SEG.PRECISION must be 'bf16' or 'fp32', got {head_cfg.PRECISION!r}")
+        check_precision(head_cfg.PRECISION)
         dinotxt = build_dinotxt(cfg)
         anyup = build_anyup(cfg)
         sam = build_sam(cfg, view)
@@ -101,7 +107,8 @@ class DINOv3Seg(nn.Module):
             view_size=view, use_vision_head=cfg.MODEL.DINOTXT.USE_VISION_HEAD, anyup_output_stride=stride,
             sam_decoder_guidance=cfg.MODEL.SAM.DECODER_GUIDANCE, train_class_names=train_names,
             test_class_names=test_names, ignore_value=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
-            ignore_as_negative=head_cfg.IGNORE_AS_NEGATIVE, precision=head_cfg.PRECISION)
+            ignore_as_negative=head_cfg.IGNORE_AS_NEGATIVE, precision=head_cfg.PRECISION,
+            compile=cfg.MODEL.COMPILE)
 
     @property
     def device(self) -> torch.device:
@@ -124,10 +131,25 @@ class DINOv3Seg(nn.Module):
         return {k: v for k, v in self.state_dict().items()
                 if k in tuned or not k.startswith(tuple(f"{m}." for m in self.ENCODERS))}
 
+    def picked_precision(self) -> Tuple[str, str]:
+        """("bf16" | "fp32", reason) that MODEL.DINOV3SEG.PRECISION gives on the model's current device;
+        logged once per device type."""
+        device = self.device
+        if device.type not in self._picked_precision:
+            picked, reason = resolve_precision(self.precision, device)
+            logger.info(f"dinov3seg runs in {picked} on {device.type}: {reason}")
+            self._picked_precision[device.type] = (picked, reason)
+        return self._picked_precision[device.type]
+
     def _autocast(self):
-        if self.device.type == "cuda" and self.precision == "bf16":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.device, self.picked_precision()[0])
+
+    def _text(self, class_names: List[str]) -> torch.Tensor:
+        """Class embeddings (T, P, 2D). In fp32 unless the text tower is being tuned: they are cached once per
+        vocabulary, so the cache serves either precision and costs nothing per image."""
+        tuned = torch.is_grad_enabled() and any(p.requires_grad for p in self.text_embedder.parameters())
+        with contextlib.nullcontext() if tuned else fp32_region(self.device):
+            return self.text_embedder(class_names)
 
     def segment_views(self, views: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """
@@ -155,18 +177,23 @@ class DINOv3Seg(nn.Module):
     def forward(self, batched_inputs: List[Dict[str, torch.Tensor]]):
         """batched_inputs: Detectron2 dicts with "image" (3, H, W) RGB 0-255, "sem_seg" (H, W) in
         training, optional "height"/"width" at test time."""
-        with self._autocast():
-            if self.training:
+        if self.training:
+            with self._autocast():
                 return self._training_loss(batched_inputs)
-            text = self.text_embedder(self.test_class_names)
-            results = []
-            for x in batched_inputs:
-                image = (x["image"].to(self.device).float() - self.pixel_mean) / self.pixel_std
-                # One resize, from the LGA canvas straight to the original size (as CAT-Seg).
-                out_hw = (x.get("height", image.shape[-2]), x.get("width", image.shape[-1]))
-                scores = self.lga(image, lambda views: self.segment_views(views, text), out_hw=out_hw)
-                results.append({"sem_seg": scores.float()})
-            return results
+        text = self._text(self.test_class_names)
+        results = []
+        for x in batched_inputs:
+            image = (x["image"].to(self.device).float() - self.pixel_mean) / self.pixel_std
+            # One resize, from the LGA canvas straight to the original size (as CAT-Seg). Views run under the
+            # autocast; the LGA stitching and resizing accumulate in fp32 (by design).
+            out_hw = (x.get("height", image.shape[-2]), x.get("width", image.shape[-1]))
+            scores = self.lga(image, lambda views: self._segment_views_autocast(views, text), out_hw=out_hw)
+            results.append({"sem_seg": scores.float()})
+        return results
+
+    def _segment_views_autocast(self, views: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            return self.segment_views(views, text).float()
 
     def _training_loss(self, batched_inputs):
         images = [(x["image"].to(self.device).float() - self.pixel_mean) / self.pixel_std for x in batched_inputs]
@@ -177,7 +204,7 @@ class DINOv3Seg(nn.Module):
         images = ImageList.from_tensors(images, self.view_size).tensor
         targets = ImageList.from_tensors([x["sem_seg"].to(self.device) for x in batched_inputs], self.view_size,
                                          pad_value=self.ignore_value).tensor
-        text = self.text_embedder(self.train_class_names)
+        text = self._text(self.train_class_names)
         logits = self.segment_views(images, text)
         logits = F.interpolate(logits.float(), size=targets.shape[-2:], mode="bilinear", align_corners=False)
         loss = sem_seg_bce_loss(logits, targets, self.ignore_value, self.ignore_as_negative)

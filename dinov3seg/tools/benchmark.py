@@ -2,12 +2,20 @@
 
     python -m dinov3seg.tools.benchmark --config-file configs/vitl_384.yaml [--device cpu|cuda] [--classes 150]
         [--image-size 512] [--runs 2] [--json OUT] [--sweep] [--params-only] [--opts KEY VALUE ...]
+        [--precision auto|fp32|bf16] [--compile] [--modes fp32 bf16 compiled]
 
 Setting: one image through ``model([{"image": ...}])`` in eval mode under ``torch.inference_mode()``: Local-Global
 Aggregation as configured (paper: 640 canvas, 384 views, stride 256 -> 4 windows + 1 global view = 5 views in one
 batch), ``--classes`` class names (paper: 150, ADE-150), text embeddings cached (encoded once before timing; that
 one-time cost is reported apart). Weights are random ("" for every ``MODEL.*.WEIGHTS``): cost does not depend on
-their values. On CUDA the config's precision applies (bf16 autocast in vitl_384).
+their values. Precision: ``MODEL.DINOV3SEG.PRECISION`` (``--precision`` overrides it; "auto" is resolved and the
+pick and its reason reported); ``--compile`` sets ``MODEL.COMPILE`` (the first, compiling run is timed apart
+from the steady-state runs, and the FLOP pass runs eager). ``--modes`` benchmarks several settings one after
+the other in the same run: "fp32", "bf16" (forced), "auto", "compiled" (fp32 + MODEL.COMPILE).
+
+The limit: before the model, the machine's own dense matmul throughput is timed (square fp32 and bf16 products,
+sized to take about a quarter of a second, best of 3), and every component's achieved FLOP/s is reported with
+its share of the peak of the precision it ran in.
 
 Counting rule: FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` in one pass; a multiply-add is
 2 FLOPs. Counted: matmul / linear / bmm / einsum contractions, convolutions and transposed convolutions, and
@@ -173,6 +181,37 @@ class PeakMemory:
             self.peak = self.above_model = self._max - self._base
 
 
+def matmul_peak(device: torch.device, dtype: torch.dtype, target_seconds: float = 0.25, max_n: int = 8192) -> dict:
+    """GFLOP/s of one dense square ``dtype`` matmul on ``device``: the side doubles from 256 until one product
+    takes ``target_seconds`` (or reaches ``max_n``); best of 3 timed products at that side."""
+    sync = _sync(device)
+    n = 256
+    while True:
+        a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+        a @ b  # warm-up (kernel selection, allocation)
+        sync()
+        t0 = time.perf_counter()
+        a @ b
+        sync()
+        seconds = time.perf_counter() - t0
+        if seconds >= target_seconds or 2 * n > max_n:
+            break
+        n *= 2
+    for _ in range(2 if seconds < 2 * target_seconds else 0):
+        sync()
+        t0 = time.perf_counter()
+        a @ b
+        sync()
+        seconds = min(seconds, time.perf_counter() - t0)
+    return {"dtype": str(dtype).replace("torch.", ""), "n": n, "gflops_per_s": 2 * n**3 / seconds / 1e9}
+
+
+def machine_peaks(device: torch.device, target_seconds: float = 0.25) -> Dict[str, dict]:
+    """Dense matmul throughput in fp32 and bf16 (the limits the components are measured against)."""
+    return {"fp32": matmul_peak(device, torch.float32, target_seconds),
+            "bf16": matmul_peak(device, torch.bfloat16, target_seconds)}
+
+
 def build_model(cfg, device: torch.device) -> nn.Module:
     from detectron2.modeling import build_model as d2_build
 
@@ -196,10 +235,10 @@ def encode_vocabulary(model: nn.Module, names: List[str], device: torch.device) 
     """One-time cost of encoding a vocabulary with the text tower (the in-memory cache is cleared first)."""
     model.text_embedder.clear_cache()
     sync = _sync(device)
-    with torch.inference_mode(), flop_counter() as counter, model._autocast():
+    with torch.inference_mode(), flop_counter() as counter:
         sync()
         t0 = time.perf_counter()
-        model.text_embedder(names)
+        model._text(names)
         sync()
         seconds = time.perf_counter() - t0
     return {"classes": len(names), "templates": model.text_embedder.num_templates,
@@ -211,6 +250,19 @@ def run_image(model: nn.Module, image: torch.Tensor) -> None:
         model([{"image": image, "height": image.shape[-2], "width": image.shape[-1]}])
 
 
+@contextlib.contextmanager
+def counted_in_fp32(model: nn.Module):
+    """Run the FLOP pass without autocast: the same ops and FLOPs, and FlopCounterMode's dispatch does not
+    apply CPU autocast's casts to mixed-dtype einsums (SAM's relative positions would fail in bf16)."""
+    saved = dict(model._picked_precision)
+    model._picked_precision[model.device.type] = ("fp32", "FLOP count")
+    try:
+        yield
+    finally:
+        model._picked_precision.clear()
+        model._picked_precision.update(saved)
+
+
 def measure(model: nn.Module, image: torch.Tensor, device: torch.device, runs: int, warmup: int,
             count_flops: bool = True) -> dict:
     """FLOPs (one counted pass, also the first warm-up), then ``runs`` timed runs; per-component breakdown."""
@@ -218,13 +270,22 @@ def measure(model: nn.Module, image: torch.Tensor, device: torch.device, runs: i
     probe = ComponentProbe(model, sync)
     try:
         result = {}
+        compiled = bool(getattr(model, "compiled", []))
         if count_flops:
-            with flop_counter() as counter:
+            # compiled graphs are opaque to the counter: count on the eager path (same ops, same FLOPs)
+            eager = torch.compiler.set_stance("force_eager") if compiled else contextlib.nullcontext()
+            with eager, counted_in_fp32(model), flop_counter() as counter:
                 probe.counter = counter
                 run_image(model, image)
             probe.counter = None
             total = counter.get_total_flops()
             result["flops"] = dict(probe.flops, glue=total - sum(probe.flops.values()), total=total)
+        if compiled:  # the first compiled call compiles: timed apart from the steady state
+            sync()
+            t0 = time.perf_counter()
+            run_image(model, image)
+            sync()
+            result["first_compiled_run_seconds"] = time.perf_counter() - t0
         for _ in range(warmup):
             run_image(model, image)
         times, memories, breakdown = [], [], []
@@ -244,6 +305,8 @@ def measure(model: nn.Module, image: torch.Tensor, device: torch.device, runs: i
         result["component_seconds"] = {k: statistics.median(b[k] for b in breakdown) for k in breakdown[0]}
         result["peak_memory_bytes"] = max(m.peak for m in memories)
         result["peak_memory_above_model_bytes"] = max(m.above_model for m in memories)
+        if compiled:
+            result["compile_seconds"] = result["first_compiled_run_seconds"] - result["seconds"]
         return result
     finally:
         probe.close()
@@ -259,10 +322,14 @@ def random_image(height: int, width: int, device: torch.device) -> torch.Tensor:
 
 
 def benchmark(cfg, device: torch.device, classes: int, image_size, runs: int, warmup: int,
-              config_file: str = "") -> dict:
-    """The full report of one config (see the module doc); JSON-serialisable."""
+              config_file: str = "", peaks: Optional[Dict[str, dict]] = None) -> dict:
+    """The full report of one config (see the module doc); JSON-serialisable. ``peaks``: :func:`machine_peaks`
+    (timed here when not given)."""
+    peaks = peaks or machine_peaks(device)
     torch.manual_seed(0)
     model = build_model(cfg, device)
+    picked, reason = model.picked_precision()
+    peak = peaks[picked]["gflops_per_s"]
     params = count_params(model)
     names = class_names(classes)
     model.set_vocabulary(names)
@@ -272,16 +339,25 @@ def benchmark(cfg, device: torch.device, classes: int, image_size, runs: int, wa
     components = {}
     for name in COMPONENT_NAMES:
         row = params.get(name, {"total": 0, "trainable": 0})
+        gflops, seconds = measured["flops"].get(name, 0) / 1e9, measured["component_seconds"].get(name, 0.0)
+        rate = gflops / seconds if seconds > 0 else 0.0
         components[name] = {
             "params": row["total"], "params_trainable": row["trainable"],
-            "gflops_per_image": measured["flops"].get(name, 0) / 1e9,
-            "seconds_per_image": measured["component_seconds"].get(name, 0.0),
+            "gflops_per_image": gflops, "seconds_per_image": seconds,
+            "gflops_per_s": rate, "share_of_peak": rate / peak,
         }
     components["text_tower"]["note"] = "cached; per-vocabulary cost in 'vocabulary_encoding'"
     return {
         "config": config_file,
         "device": device_description(device),
-        "precision": cfg.MODEL.DINOV3SEG.PRECISION if device.type == "cuda" else "fp32",
+        "precision": picked,
+        "precision_reason": reason,
+        "compiled": list(model.compiled),
+        "compile_seconds": measured.get("compile_seconds"),
+        "first_compiled_run_seconds": measured.get("first_compiled_run_seconds"),
+        "machine_peaks": peaks,
+        "gflops_per_s": measured["flops"]["total"] / 1e9 / measured["seconds"],
+        "share_of_peak": measured["flops"]["total"] / 1e9 / measured["seconds"] / peak,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "setting": {"image": list(image_size), "classes": classes, "views": num_views(model, image),
@@ -350,18 +426,28 @@ def device_description(device: torch.device) -> str:
 
 def format_report(r: dict) -> str:
     s = r["setting"]
-    lines = [f"dinov3seg benchmark: {r['config']} on {r['device']} ({r['precision']}), torch {r['torch']}",
+    peaks = r["machine_peaks"]
+    lines = [f"dinov3seg benchmark: {r['config']} on {r['device']} ({r['precision']}: {r['precision_reason']}), "
+             f"torch {r['torch']}" + (f", compiled: {', '.join(r['compiled'])}" if r["compiled"] else ""),
+             f"machine limit: dense matmul {peaks['fp32']['gflops_per_s']:.1f} GFLOP/s fp32 (n={peaks['fp32']['n']}), "
+             f"{peaks['bf16']['gflops_per_s']:.1f} GFLOP/s bf16 (n={peaks['bf16']['n']}); '% peak' below is against "
+             f"the {r['precision']} figure",
              f"setting: image {s['image'][0]}x{s['image'][1]}, LGA canvas {s['lga_canvas']} stride {s['lga_stride']}"
              f" -> {s['views']} views of {s['view_size']}, {s['classes']} classes (text cached), "
              f"median of {s['runs']} runs",
-             f"{'component':<22}{'params':>15}{'trainable':>13}{'GFLOPs/img':>13}{'%':>6}{'s/img':>10}{'%':>6}"]
+             f"{'component':<22}{'params':>15}{'trainable':>13}{'GFLOPs/img':>13}{'%':>6}{'s/img':>10}{'%':>6}"
+             f"{'GFLOP/s':>10}{'% peak':>8}"]
     total_f, total_s = r["gflops_per_image"], r["seconds_per_image"]
     for name, c in r["components"].items():
         lines.append(f"{name:<22}{c['params']:>15,}{c['params_trainable']:>13,}{c['gflops_per_image']:>13.1f}"
                      f"{100 * c['gflops_per_image'] / max(total_f, 1e-12):>6.1f}{c['seconds_per_image']:>10.3f}"
-                     f"{100 * c['seconds_per_image'] / max(total_s, 1e-12):>6.1f}")
+                     f"{100 * c['seconds_per_image'] / max(total_s, 1e-12):>6.1f}"
+                     f"{c['gflops_per_s']:>10.1f}{100 * c['share_of_peak']:>8.1f}")
     lines.append(f"{'total':<22}{r['params_total']:>15,}{r['params_trainable']:>13,}{total_f:>13.1f}{100:>6}"
-                 f"{total_s:>10.3f}{100:>6}")
+                 f"{total_s:>10.3f}{100:>6}{r['gflops_per_s']:>10.1f}{100 * r['share_of_peak']:>8.1f}")
+    if r["compiled"]:
+        lines.append(f"compile: first run {r['first_compiled_run_seconds']:.1f} s = steady state + "
+                     f"{r['compile_seconds']:.1f} s of compilation")
     trainable = ("head", "decoder", "glue")
     share_f = sum(r["components"][n]["gflops_per_image"] for n in trainable) / max(total_f, 1e-12)
     share_s = sum(r["components"][n]["seconds_per_image"] for n in trainable) / max(total_s, 1e-12)
@@ -377,6 +463,37 @@ def format_report(r: dict) -> str:
         f"ours:  {r['params_total'] / 1e9:.3f} B params, {total_f:,.0f} GFLOPs/image, {total_s:.3f} s/image "
         f"on {r['device']}",
     ]
+    return "\n".join(lines)
+
+
+MODES = {"fp32": ("fp32", False), "bf16": ("bf16", False), "auto": ("auto", False), "compiled": ("fp32", True)}
+
+
+def mode_cfg(cfg, precision: Optional[str], compile_: Optional[bool]):
+    """``cfg`` with MODEL.DINOV3SEG.PRECISION / MODEL.COMPILE overridden (None keeps the config's value)."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    if precision is not None:
+        cfg.MODEL.DINOV3SEG.PRECISION = precision
+    if compile_ is not None:
+        cfg.MODEL.COMPILE = compile_
+    return cfg
+
+
+def format_modes(reports: Dict[str, dict]) -> str:
+    """One line per component: seconds, GFLOP/s and % of peak in every benchmarked mode."""
+    names = list(reports)
+    head = f"{'component':<22}" + "".join(f"{m + ' s':>12}{'GFLOP/s':>9}{'%pk':>6}" for m in names)
+    lines = ["modes side by side (per image; % of the peak of the mode's precision):", head]
+    for comp in list(next(iter(reports.values()))["components"]) + ["total"]:
+        row = f"{comp:<22}"
+        for m in names:
+            r = reports[m]
+            c = r["components"][comp] if comp != "total" else {
+                "seconds_per_image": r["seconds_per_image"], "gflops_per_s": r["gflops_per_s"],
+                "share_of_peak": r["share_of_peak"]}
+            row += f"{c['seconds_per_image']:>12.3f}{c['gflops_per_s']:>9.1f}{100 * c['share_of_peak']:>6.1f}"
+        lines.append(row)
     return "\n".join(lines)
 
 
@@ -397,6 +514,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--sweep-chunk", type=int, default=None,
                         help="MODEL.DINOV3SEG.CLASS_CHUNK_SIZE for the sweep (default: the config's)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
+                        help="override MODEL.DINOV3SEG.PRECISION")
+    parser.add_argument("--compile", action="store_true", help="set MODEL.COMPILE (torch.compile where it pays)")
+    parser.add_argument("--modes", nargs="+", choices=tuple(MODES), default=None,
+                        help="benchmark these settings one after the other in this run (e.g. fp32 compiled)")
+    parser.add_argument("--peak-seconds", type=float, default=0.25,
+                        help="time of one product when timing the machine's matmul peak")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE ...")
     args = parser.parse_args(argv)
     if args.threads:
@@ -409,12 +533,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device available")
     warmup = args.warmup if args.warmup is not None else (2 if device.type == "cuda" else 0)
-    report = benchmark(cfg, device, args.classes, tuple(args.image_size), args.runs, warmup, args.config_file)
-    print(format_report(report), flush=True)
+    peaks = machine_peaks(device, args.peak_seconds)
+    settings = ({m: MODES[m] for m in args.modes} if args.modes else
+                {"run": (args.precision, True if args.compile else None)})
+    reports = {}
+    for name, (precision, compile_) in settings.items():
+        reports[name] = benchmark(mode_cfg(cfg, precision, compile_), device, args.classes, tuple(args.image_size),
+                                  args.runs, warmup, args.config_file, peaks)
+        if args.modes:
+            reports[name]["mode"] = name
+        print(format_report(reports[name]), flush=True)
+    report = reports["run"] if not args.modes else dict(reports[args.modes[0]], modes=reports)
+    if args.modes and len(args.modes) > 1:
+        print(format_modes(reports), flush=True)
     if args.sweep:
         print("sweep (time and peak memory per image):")
-        report["sweep"] = sweep(cfg, device, args.sweep_classes, args.sweep_sizes, args.runs, args.classes,
-                                args.sweep_chunk)
+        report["sweep"] = sweep(mode_cfg(cfg, args.precision, True if args.compile else None), device,
+                                args.sweep_classes, args.sweep_sizes, args.runs, args.classes, args.sweep_chunk)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1, default=lambda x: x if not isinstance(x, float) or math.isfinite(x)

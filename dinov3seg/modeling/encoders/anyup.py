@@ -34,6 +34,20 @@ class PointwiseConv(nn.Conv2d):
         return torch.bmm(weight, x.flatten(2)).unflatten(2, x.shape[-2:])
 
 
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """bf16 / fp16 -> fp32; fp32 and fp64 unchanged (the parts kept in fp32 under bf16 autocast)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def _no_autograd(x: torch.Tensor) -> bool:
+    """True when no graph is recorded through ``x``: in-place updates of fresh intermediates are then safe.
+
+    (AnyUp is frozen and the meta-architecture runs it under ``no_grad``; at 384 x 384 each 128-channel map
+    is 75 MB, and on CPU every fresh buffer of that size costs page faults as well as a memory pass.)
+    """
+    return not (torch.is_grad_enabled() and x.requires_grad)
+
+
 class ResBlock(nn.Module):
     """Pre-activation residual block (GroupNorm(8) -> SiLU -> 1x1 conv) x 2; [B,C,H,W] -> [B,C,H,W]."""
 
@@ -44,8 +58,25 @@ class ResBlock(nn.Module):
             nn.GroupNorm(8, channels), nn.SiLU(), PointwiseConv(channels, channels),
         )
 
+    def _residual(self, x: torch.Tensor) -> torch.Tensor:
+        """Everything before the last 1x1 conv: SiLU(GN(conv(SiLU(GN(x))))) [B,C,H,W]."""
+        norm1, _, conv1, norm2, _, _ = self.block
+        inplace = _no_autograd(x)
+        h = conv1(F.silu(norm1(x), inplace=inplace))
+        return F.silu(norm2(h), inplace=inplace)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.block(x)
+        h = self.block[5](self._residual(x))
+        return h.add_(x) if _no_autograd(x) else x + h
+
+    def forward_pooled(self, x: torch.Tensor, size: Size) -> torch.Tensor:
+        """``adaptive_avg_pool2d(self(x), size)`` with the last 1x1 conv and the skip applied after pooling.
+
+        Average pooling is linear, so it commutes with the bias-free 1x1 conv and with the sum: the same
+        function, one full-resolution matmul and one full-resolution add fewer (fp32 rounding aside).
+        """
+        h = F.adaptive_avg_pool2d(self._residual(x), size)
+        return self.block[5](h).add_(F.adaptive_avg_pool2d(x, size))
 
 
 class LearnedFeatureUnification(nn.Module):
@@ -57,25 +88,59 @@ class LearnedFeatureUnification(nn.Module):
     released checkpoints' computation exactly (it coincides with "softmax over filters per channel" only
     when C == M).
 
-    Images are processed one at a time: the C x M response volume (1024 x 128 x 24 x 24 fp32 = 302 MB per
-    ViT-L view) is the largest activation of the whole model, and the result does not depend on batching.
+    When M divides C the filter bank, softmax and mean run fused, per image, per group of C/M channels and per
+    chunk of pixels, without ever holding the C x M response volume (the same values up to fp32 summation
+    order); otherwise the volume is computed image by image.
     """
+
+    # Pixels per step of the fused filter / softmax / mean below: one step's M x P x M responses (4 MB) stay in
+    # cache, where the C x M x h*w volume (1024 x 128 x 576 fp32 = 302 MB per ViT-L view) would not.
+    PIXEL_CHUNK = 64
 
     def __init__(self, num_filters: int, kernel_size: int):
         super().__init__()
         self.basis = nn.Parameter(torch.randn(num_filters, 1, kernel_size, kernel_size))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = features.shape
+        m, _, k, _ = self.basis.shape
+        if c % m:
+            return self._forward_volume(features)
+        # Channel c = g * G + r (G = C/M) of the C x M volume lands in row g of the M x C grid, so the softmax
+        # runs over g for each (r, filter) and the mean over all (r, filter) pairs. Channels-last taps
+        # [k*k, pixels, g] put g last: one matmul per chunk, then a softmax over contiguous memory.
+        basis, group = self.basis.flatten(1), c // m  # [M, k*k]
+        out = features.new_zeros(b, h * w, m, dtype=torch.promote_types(features.dtype, torch.float32))
+        for i in range(b):
+            padded = F.pad(features[i], (k // 2,) * 4).permute(1, 2, 0)  # [h+k-1, w+k-1, C] (a view)
+            for r in range(group):
+                taps = self._taps(padded[:, :, r::group], h, w)  # [k*k, h*w, M (g)]
+                for p0 in range(0, h * w, self.PIXEL_CHUNK):
+                    chunk = taps[:, p0:p0 + self.PIXEL_CHUNK]
+                    responses = (basis @ chunk.flatten(1)).view(m, -1, m)  # [filter, P, g]
+                    # softmax in fp32 under bf16 autocast too (by design: 128 x C/M probabilities are summed)
+                    out[i, p0:p0 + self.PIXEL_CHUNK] += _at_least_fp32(responses).softmax(dim=-1).sum(dim=0)
+        return out.div_(c).transpose(1, 2).reshape(b, m, h, w)
+
+    def _taps(self, padded: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Zero-padded channels-last map [h+k-1, w+k-1, C] -> [k*k, h*w, C]: every pixel's k x k neighbourhood
+        (row-major taps), divided by the count of taps inside the map. Shifted slices: the same values as
+        ``F.unfold``, whose single-channel im2col is slow on CPU."""
+        k = self.basis.shape[-1]
+        taps = torch.stack([padded[i:i + h, j:j + w] for i in range(k) for j in range(k)]).flatten(1, 2)
+        ones = padded.new_ones(1, 1, h, w)
+        valid = F.conv2d(ones, torch.ones_like(self.basis[:1]), padding=k // 2)  # [1, 1, h, w]
+        return taps.div_(valid.view(1, h * w, 1))
+
+    def _forward_volume(self, features: torch.Tensor) -> torch.Tensor:
+        """The unfused computation (any C and M): the full C x M response volume per image."""
         _, c, h, w = features.shape
         m, _, k, _ = self.basis.shape
-        ones = features.new_ones(1, 1, h, w)
-        valid_taps = F.conv2d(ones, torch.ones_like(self.basis[:1]), padding=k // 2).flatten(2)  # [1, 1, h*w]
         maps = []
         for image in features:
-            # Filter bank as a matmul over unfolded taps (the single-input-channel convolution is slow on CPU).
-            taps = F.unfold(image[:, None], k, padding=k // 2)  # [C, k*k, h*w]
-            responses = torch.bmm(self.basis.flatten(1).expand(c, -1, -1), taps).div_(valid_taps)  # [C, M, h*w]
-            maps.append(responses.view(m, c, h, w).softmax(dim=0).mean(dim=1))
+            taps = self._taps(F.pad(image, (k // 2,) * 4).permute(1, 2, 0), h, w)  # [k*k, h*w, C]
+            responses = torch.matmul(self.basis.flatten(1), taps.permute(2, 0, 1))  # [C, M, h*w]
+            maps.append(_at_least_fp32(responses).view(m, c, h, w).softmax(dim=0).mean(dim=1))
         return torch.stack(maps)
 
 
@@ -84,9 +149,10 @@ def _encoder(first: nn.Module, dim: int) -> nn.Sequential:
     return nn.Sequential(first, ResBlock(dim), ResBlock(dim))
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=1)
-    return torch.cat((-x2, x1), dim=1)
+def _encode_pooled(encoder: nn.Sequential, x: torch.Tensor, size: Size) -> torch.Tensor:
+    """``adaptive_avg_pool2d(encoder(x), size)`` for an :func:`_encoder`, pooling before its last linear layer."""
+    first, block1, block2 = encoder
+    return block2.forward_pooled(block1(first(x)), size)
 
 
 class RoPE(nn.Module):
@@ -107,11 +173,21 @@ class RoPE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _, d, h, w = x.shape
-        ys = torch.linspace(0, 1, h, device=x.device, dtype=x.dtype)
-        xs = torch.linspace(0, 1, w, device=x.device, dtype=x.dtype)
-        coords = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).reshape(h * w, 2)
-        angle = (coords @ self.freqs).t().reshape(1, d, h, w)
-        return x * angle.cos() + _rotate_half(x) * angle.sin()
+        # Angles reach 2 pi x 100 rad: coordinates, angles and sin/cos stay fp32 under autocast (by design).
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        with torch.autocast(x.device.type, enabled=False):
+            ys = torch.linspace(0, 1, h, device=x.device, dtype=dtype)
+            xs = torch.linspace(0, 1, w, device=x.device, dtype=dtype)
+            coords = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).reshape(h * w, 2)
+            angle = (coords @ self.freqs.to(dtype)).t().reshape(1, d, h, w)
+        cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
+        # x * cos + rotate_half(x) * sin with rotate_half(x) = (-x2, x1), written half by half into one buffer
+        out = torch.empty_like(x)
+        (x1, x2), (o1, o2) = x.chunk(2, dim=1), out.chunk(2, dim=1)
+        (c1, c2), (s1, s2) = cos.chunk(2, dim=1), sin.chunk(2, dim=1)
+        torch.mul(x1, c1, out=o1).addcmul_(x2, s1, value=-1)
+        torch.mul(x2, c2, out=o2).addcmul_(x1, s2)
+        return out
 
 
 def window_bounds(out_len: int, in_len: int, ratio: float, device=None) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -229,11 +305,21 @@ class AnyUp(nn.Module):
         """ImageNet-normalised image [B,3,H,W] -> RoPE-encoded pixel embeddings [B,D,H,W]."""
         return self.rope(self.image_encoder(image))
 
+    def encode_pixels(self, image: torch.Tensor, query_size: Size, key_size: Size) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The image-resolution part (what MODEL.COMPILE compiles): image [B,3,H,W] -> queries [B,D,*query_size]
+        and image keys [B,D,*key_size], each encoder pooled to its grid."""
+        encoded = self.encode_image(image)
+        return (_encode_pooled(self.query_encoder, encoded, query_size),
+                _encode_pooled(self.key_encoder, encoded, key_size))
+
+    def aggregate_keys(self, image_keys: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """Pooled image keys [B,D,h,w] and features [B,C,h,w] -> keys [B,D,h,w] (before the key RMSNorm)."""
+        k_feat = self.key_features_encoder(F.normalize(features, dim=1))
+        return self.aggregation(torch.cat([image_keys, k_feat], dim=1))
+
     def encode_keys(self, encoded_image: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Pixel embeddings [B,D,H,W] and features [B,C,h,w] -> keys [B,D,h,w] (before the key RMSNorm)."""
-        k = F.adaptive_avg_pool2d(self.key_encoder(encoded_image), features.shape[-2:])
-        k_feat = self.key_features_encoder(F.normalize(features, dim=1))
-        return self.aggregation(torch.cat([k, k_feat], dim=1))
+        return self.aggregate_keys(_encode_pooled(self.key_encoder, encoded_image, features.shape[-2:]), features)
 
     def forward(self, image: torch.Tensor, features: torch.Tensor, output_size: Optional[Size] = None,
                 q_chunk_size: Optional[int] = None) -> torch.Tensor:
@@ -243,8 +329,7 @@ class AnyUp(nn.Module):
         ``q_chunk_size`` overrides the constructor default; chunking does not change the result.
         """
         output_size = image.shape[-2:] if output_size is None else output_size
-        encoded = self.encode_image(image)
-        q = F.adaptive_avg_pool2d(self.query_encoder(encoded), output_size)
-        k = self.encode_keys(encoded, features)
+        q, k_image = self.encode_pixels(image, tuple(output_size), tuple(features.shape[-2:]))
+        k = self.aggregate_keys(k_image, features)
         chunk = self.q_chunk_size if q_chunk_size is None else q_chunk_size
         return self.cross_decode(q, k, features, chunk)

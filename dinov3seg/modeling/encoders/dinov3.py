@@ -125,7 +125,7 @@ class RopeEmbedding(nn.Module):
 
     def forward(self, *, H: int, W: int) -> Tuple[Tensor, Tensor]:
         """Returns (sin, cos), each [H*W, head_dim] in fp32, for a row-major H x W patch grid."""
-        dd = dict(device=self.periods.device, dtype=torch.float32)
+        dd = dict(device=self.periods.device, dtype=torch.float32)  # fp32 under autocast too, by design
         coords_h = torch.arange(0.5, H, **dd) / H
         coords_w = torch.arange(0.5, W, **dd) / W
         coords = torch.stack(torch.meshgrid(coords_h, coords_w, indexing="ij"), dim=-1).flatten(0, 1)

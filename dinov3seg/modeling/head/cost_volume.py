@@ -40,8 +40,9 @@ def cosine_cost_volume(features: torch.Tensor, text: torch.Tensor) -> torch.Tens
     Returns:
         (B, P, T, H, W) cost volume.
     """
-    features = F.normalize(features, dim=1)
-    text = F.normalize(text, dim=-1)
+    # The L2 normalisation runs in fp32 under bf16 autocast too (by design); the contraction may run in bf16.
+    features = F.normalize(features.float(), dim=1)
+    text = F.normalize(text.float(), dim=-1)
     if text.dim() == 3:
         return torch.einsum("bdhw,tpd->bpthw", features, text)
     return torch.einsum("bdhw,btpd->bpthw", features, text)

@@ -1,0 +1,108 @@
+"""Numeric precision of a run (``MODEL.DINOV3SEG.PRECISION``): which autocast the model runs under, and why.
+
+``auto`` picks bf16 autocast where bf16 matrix products are fast and fp32 elsewhere:
+
+- CUDA: bf16 when ``torch.cuda.is_bf16_supported()`` (Ampere and newer), else fp32;
+- CPU: bf16 when the processor has AMX-BF16 or AVX512-BF16 (``amx_bf16`` / ``avx512_bf16`` in
+  /proc/cpuinfo; torch's own probe where there is no /proc/cpuinfo). Without them torch's bf16 matmul has no
+  fast kernel (on an AVX2-only EPYC it ran 300x slower than fp32), so bf16 would be a trap.
+
+``fp32`` and ``bf16`` force the choice. Parts that need fp32 for accuracy stay fp32 under bf16 autocast, by
+design: every LayerNorm / GroupNorm / RMSNorm (:func:`keep_norms_fp32`), the softmax of AnyUp's attention and
+feature unification, RoPE angles and sin/cos (DINOv3 and AnyUp), the cost volume's L2 normalisation and the
+LGA stitching, each marked where it happens. Softmax inside SDPA accumulates in fp32 in every kernel.
+"""
+import contextlib
+import functools
+import logging
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+PRECISIONS = ("auto", "fp32", "bf16")
+CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+logger = logging.getLogger(__name__)
+
+
+def check_precision(setting: str) -> str:
+    """Validate a ``MODEL.DINOV3SEG.PRECISION`` value."""
+    if setting not in PRECISIONS:
+        raise ValueError(f"MODEL.DINOV3SEG.PRECISION must be one of {PRECISIONS}, got {setting!r}: 'auto' picks "
+                         "bf16 where the hardware has fast bf16, 'fp32' / 'bf16' force one.")
+    return setting
+
+
+def _cpuinfo_flags() -> Optional[set]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_fast_bf16() -> Tuple[bool, str]:
+    """(whether this CPU has fast bf16 matrix units, the evidence)."""
+    flags = _cpuinfo_flags()
+    if flags is not None:
+        found = [f for f in CPU_BF16_FLAGS if f in flags]
+        if found:
+            return True, f"CPU has {' and '.join(found)} (/proc/cpuinfo)"
+        return False, "CPU lacks AMX-BF16 and AVX512-BF16 (/proc/cpuinfo), so bf16 matmuls are slow"
+    probes = {"AMX": getattr(torch.cpu, "_is_amx_tile_supported", None),
+              "AVX512-BF16": getattr(torch.cpu, "_is_avx512_bf16_supported", None)}
+    found = [name for name, probe in probes.items() if probe is not None and probe()]
+    if found:
+        return True, f"CPU has {' and '.join(found)} (torch.cpu probe)"
+    return False, "no AMX or AVX512-BF16 found by torch's CPU probe, so bf16 matmuls are slow"
+
+
+def resolve_precision(setting: str, device: torch.device) -> Tuple[str, str]:
+    """("bf16" | "fp32", reason) for ``MODEL.DINOV3SEG.PRECISION = setting`` on ``device``."""
+    check_precision(setting)
+    if setting != "auto":
+        return setting, f"MODEL.DINOV3SEG.PRECISION={setting} (forced)"
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return "bf16", f"auto: {torch.cuda.get_device_name(device)} supports bf16"
+        return "fp32", f"auto: {torch.cuda.get_device_name(device)} has no bf16 support"
+    if device.type == "cpu":
+        fast, why = cpu_fast_bf16()
+        return ("bf16" if fast else "fp32"), f"auto: {why}"
+    return "fp32", f"auto: no bf16 rule for device type {device.type!r}"
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast on ``device`` for precision "bf16", else a no-op context."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def fp32_region(device: torch.device):
+    """Autocast switched off: the ops inside run in the dtype of their (fp32) inputs."""
+    return torch.autocast(device.type, enabled=False)
+
+
+def _to_fp32(module: nn.Module, args: tuple) -> tuple:
+    return tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+
+
+def keep_norms_fp32(model: nn.Module) -> int:
+    """Make every LayerNorm / GroupNorm / RMSNorm of ``model`` take fp32 inputs (so under bf16 autocast the
+    statistics, the normalised output and the affine run in fp32 on any device; a no-op in fp32 runs).
+    Returns the number of norm layers hooked."""
+    from segment_anything.modeling.common import LayerNorm2d
+
+    norms = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, LayerNorm2d)
+    count = 0
+    for module in model.modules():
+        if isinstance(module, norms) and not getattr(module, "_dinov3seg_fp32", False):
+            module.register_forward_pre_hook(_to_fp32)
+            module._dinov3seg_fp32 = True
+            count += 1
+    return count
