@@ -68,6 +68,8 @@ def error_message(err: BaseException) -> str:
         message = str(err.args[0])
     else:
         message = str(err)
+    if "Original Traceback (most recent call last)" in message:  # re-raised from a DataLoader worker
+        message = message.rstrip().splitlines()[-1].split(": ", 1)[-1]
     source = getattr(err, "input_source", None)
     return f"{source}: {message}" if source and not message.startswith(source) else message
 

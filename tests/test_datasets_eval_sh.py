@@ -95,3 +95,21 @@ def test_eval_sh_end_to_end_with_the_quickstart_model(tmp_path):
     assert len(rows) == 6 and all(r["status"] == "ok" and 0 <= r["mIoU"] <= 100 for r in rows)
     assert all("mIoU_unseen" in r for r in rows)  # quickstart.yaml turns TEST.SEEN_UNSEEN on
     print((out / "results.md").read_text())
+
+
+def test_eval_sh_stops_on_an_input_error_with_one_line(tmp_path):
+    """train_net.py exits 2 on bad input (weights, config, data): eval.sh shows its line and stops with 2."""
+    root, out = tmp_path / "datasets", tmp_path / "out"
+    out.mkdir()
+    (out / "model_final.pth").write_bytes(b"")
+    make_voc(root)
+    assert run_prepare("prepare_voc.py", root).returncode == 0
+    fake = tmp_path / "fake_train_net.py"
+    fake.write_text("import sys\nprint('some log line')\n"
+                    "print(\"train_net.py: error: MODEL.WEIGHTS: cannot read 'x.pth'\", file=sys.stderr)\nsys.exit(2)\n")
+    result = run_eval_sh(out, root, train_net=fake)
+    assert result.returncode == 2, result.stdout + result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("eval.sh: ")]
+    assert len(errors) == 1 and "error: MODEL.WEIGHTS: cannot read 'x.pth' (stopped; log:" in errors[0]
+    assert len(list((out / "eval").glob("*/eval.log"))) == 1  # the other benchmark did not run
+    assert "Traceback" not in result.stderr

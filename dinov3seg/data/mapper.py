@@ -6,6 +6,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from PIL import Image
 
+from ..errors import DataError
 from .color_aug import ColorAugSSD
 
 
@@ -56,7 +57,7 @@ class SemSegDatasetMapper:
             if label.dtype != np.uint8:  # resized exactly by nearest interpolation in float32
                 label = label.astype(np.float32)
             if label.shape != image.shape[:2]:
-                raise ValueError(f"label {d.get('file_name')} has size {label.shape}, image has {image.shape[:2]}")
+                raise DataError(f"label {d.get('file_name')} has size {label.shape}, image has {image.shape[:2]}")
         aug_input = T.AugInput(image, sem_seg=label)
         self.augmentations(aug_input)
         d["image"] = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))

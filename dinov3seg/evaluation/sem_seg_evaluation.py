@@ -16,6 +16,8 @@ from detectron2.data import MetadataCatalog
 from detectron2.evaluation import SemSegEvaluator
 from detectron2.utils.file_io import PathManager
 
+from ..errors import DataError
+
 
 def synonym_keys(name: str) -> List[str]:
     """Normalised synonyms of one class name: lower case, letters and digits only ("Potted-plant" ->
@@ -102,11 +104,11 @@ class OpenVocabSemSegEvaluator(SemSegEvaluator):
             invalid = ~ignore & ((gt < 0) | (gt >= n))
             if invalid.any():
                 bad = np.unique(gt[invalid])[:5].tolist()
-                raise ValueError(f"{gt_file}: label values {bad} are neither classes 0..{n - 1} nor the ignore "
+                raise DataError(f"{gt_file}: label values {bad} are neither classes 0..{n - 1} nor the ignore "
                                  f"value {self._ignore_label}. Rerun the dataset's prepare script.")
             gt[ignore] = n
             if pred.shape != gt.shape:
-                raise ValueError(f"{gt_file}: prediction {pred.shape} and label {gt.shape} differ in size")
+                raise DataError(f"{gt_file}: prediction {pred.shape} and label {gt.shape} differ in size")
             self._conf_matrix += np.bincount((n + 1) * pred.reshape(-1) + gt.reshape(-1),
                                              minlength=self._conf_matrix.size).reshape(self._conf_matrix.shape)
             self._predictions.extend(self.encode_json_sem_seg(pred, input["file_name"]))

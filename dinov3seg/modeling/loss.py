@@ -2,6 +2,8 @@
 import torch
 import torch.nn.functional as F
 
+from ..errors import DataError
+
 
 def sem_seg_bce_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_value: int,
                      ignore_as_negative: bool = False) -> torch.Tensor:
@@ -17,7 +19,7 @@ def sem_seg_bce_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_value: 
     t = logits.shape[1]
     valid = targets != ignore_value
     if (valid & ((targets < 0) | (targets >= t))).any():  # one check (one host sync on GPU)
-        raise ValueError(f"labels must lie in [0, {t}) or equal the ignore value {ignore_value}; "
+        raise DataError(f"labels must lie in [0, {t}) or equal the ignore value {ignore_value}; "
                          f"found {targets[valid].unique().tolist()}")
     one_hot = F.one_hot(targets.masked_fill(~valid, 0), t).permute(0, 3, 1, 2).to(logits.dtype)
     one_hot = one_hot * valid[:, None]
