@@ -6,7 +6,7 @@
 #
 #   CONFIG  the training config (e.g. configs/vitl_384.yaml)
 #   NGPUS   GPUs per run; 0 runs on the CPU
-#   OUTDIR  holds model_final.pth; results go to OUTDIR/eval/<dataset>/ and OUTDIR/results.{md,json}
+#   OUTDIR  holds model_final.pth (a training-free config needs none); results: OUTDIR/eval/<dataset>/, OUTDIR/results.{md,json}
 #   OPTS    config overrides, applied last (e.g. MODEL.WEIGHTS other.pth TEST.LGA.STRIDE 128)
 #
 # Test settings: LGA on, and CAT-Seg's reported-numbers protocol: class pooling 1x1 at test, and each view keeps its
@@ -35,7 +35,13 @@ device=()
 gpus=$ngpus
 if [ "$ngpus" = "0" ]; then gpus=1; device=(MODEL.DEVICE cpu); fi
 if [ ! -f "$config" ]; then echo "eval.sh: config '$config' not found" >&2; exit 2; fi
-if [ ! -f "$out/model_final.pth" ] && [[ " $* " != *" MODEL.WEIGHTS "* ]]; then
+# A training-free model (configs/dinotxt_zeroshot.yaml) has no checkpoint; the table then shows its own
+# published figures (e.g. Meta's ADE-150 24.7 for the dinov3.txt recipe) beside ours.
+model=$("$PYTHON" -m dinov3seg.tools.results_table model "$config" "$@") || exit 2
+arch=${model%% *}
+weights=(MODEL.WEIGHTS "$out/model_final.pth")
+if [ "${model##* }" = "training-free" ]; then weights=(); fi
+if [ ${#weights[@]} -gt 0 ] && [ ! -f "$out/model_final.pth" ] && [[ " $* " != *" MODEL.WEIGHTS "* ]]; then
   echo "eval.sh: $out/model_final.pth not found (train first, or pass MODEL.WEIGHTS path/to.pth)" >&2
   exit 2
 fi
@@ -47,7 +53,7 @@ for name in $available; do
   rm -f "$dir/eval_results.json" "$dir/exit_code"
   echo "=== $name (log: $dir/eval.log)"
   "$PYTHON" "$train_net" --config-file "$config" --eval-only --num-gpus "$gpus" \
-    OUTPUT_DIR "$dir" MODEL.WEIGHTS "$out/model_final.pth" DATASETS.TEST "(\"$name\",)" TEST.LGA.ENABLED True \
+    OUTPUT_DIR "$dir" "${weights[@]}" DATASETS.TEST "(\"$name\",)" TEST.LGA.ENABLED True \
     MODEL.DINOV3SEG.CLASS_POOLING "[1,1]" "${device[@]}" "$@" > "$dir/eval.log" 2>&1
   code=$?
   grep "copypaste" "$dir/eval.log"
@@ -63,4 +69,4 @@ for name in $available; do
     tail -n 15 "$dir/eval.log" >&2
   fi
 done
-"$PYTHON" -m dinov3seg.tools.results_table collect "$out"
+"$PYTHON" -m dinov3seg.tools.results_table collect "$out" --model "$arch"

@@ -25,6 +25,7 @@ from dinov3seg.data import SemSegDatasetMapper, load_class_names
 from dinov3seg.engine import launch
 from dinov3seg.errors import ConfigError, exit_on_input_error
 from dinov3seg.evaluation import build_evaluator
+from dinov3seg.modeling.meta_arch_common import is_training_free
 from dinov3seg.preemption import PreemptionCheckpointer, TrainingPreempted
 from dinov3seg.solver import build_optimizer
 
@@ -100,12 +101,16 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DINOv3SegCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        if cfg.MODEL.WEIGHTS or not is_training_free(cfg):  # a training-free model has no checkpoint
+            DINOv3SegCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         results = Trainer.test(cfg, model)
         if comm.is_main_process():
             with open(os.path.join(cfg.OUTPUT_DIR, "eval_results.json"), "w") as f:
                 json.dump(results, f, indent=2)
         return results
+    if is_training_free(cfg):
+        raise SystemExit(f"{cfg.MODEL.META_ARCHITECTURE} is training-free: there is nothing to train. Evaluate it "
+                         "with --eval-only (or eval.sh), segment images with demo/demo.py.")
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     trainer.train()

@@ -107,7 +107,7 @@ class VocabularyPredictor:
             model = build_model(self.cfg)
             if self.cfg.MODEL.WEIGHTS:
                 _load_checkpoint(model, self.cfg.MODEL.WEIGHTS)
-            else:
+            elif not getattr(model, "TRAINING_FREE", False):
                 logger.warning("MODEL.WEIGHTS is empty: the segmentation head is untrained (random).")
         self.model = model.eval()
         self.resize = T.ResizeShortestEdge(
