@@ -103,6 +103,23 @@ def test_predictor_runs_the_training_free_model(weights):
 FAST = ["MODEL.ZEROSHOT.SHORT_SIDE", "128", "MODEL.ZEROSHOT.WINDOW", "96", "MODEL.ZEROSHOT.STRIDE", "64"]
 
 
+def test_demo_runs_the_training_free_model(weights, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dinov3seg_demo_zeroshot", REPO / "demo" / "demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(photo()).save(path, quality=92)
+    opts = SMALL[:-2] + ["MODEL.DINOV3.WEIGHTS", str(weights["dinov3"]), "MODEL.DINOTXT.WEIGHTS",
+                         str(weights["dinotxt"])]
+    assert demo.main(["--config-file", CONFIG, "--input", str(path), "--vocabulary", "person, uniform, wall",
+                      "--output", str(tmp_path / "out"), "--opts", *opts]) == 0
+    record = json.loads((tmp_path / "out" / "photo.json").read_text())
+    assert list(record["pixel_shares"]) == ["person", "uniform", "wall"]
+    assert abs(sum(record["pixel_shares"].values()) - 1) < 1e-4 and (tmp_path / "out" / "photo.png").is_file()
+
+
 @pytest.mark.parametrize("switch", [
     ["MODEL.DINOTXT.USE_VISION_HEAD", "True"],
     ["MODEL.ZEROSHOT.MODE", "whole"],
