@@ -123,7 +123,8 @@ def test_demo_runs_the_training_free_model(weights, tmp_path):
 @pytest.mark.parametrize("switch", [
     ["MODEL.DINOTXT.USE_VISION_HEAD", "True"],
     ["MODEL.ZEROSHOT.MODE", "whole"],
-    ["MODEL.ZEROSHOT.MODE", "lga", "MODEL.DINOV3SEG.VIEW_SIZE", "96", "TEST.LGA.CANVAS", "160", "TEST.LGA.STRIDE", "64"],
+    ["MODEL.ZEROSHOT.MODE", "lga", "MODEL.DINOV3SEG.VIEW_SIZE", "96", "TEST.LGA.CANVAS", "160",
+     "TEST.LGA.STRIDE", "64"],
     ["MODEL.ANYUP.ENABLED", "True", "MODEL.ANYUP.QK_DIM", "16", "MODEL.ANYUP.OUTPUT_STRIDE", "8"],
 ], ids=["head_tokens", "whole", "lga", "anyup"])
 def test_switches_change_the_scores(weights, switch):
@@ -153,6 +154,19 @@ def test_missing_weight_files_are_named(tmp_path):
                  f"MODEL.DINOTXT.WEIGHTS = '{tmp_path / 'nope.pth'}' does not exist",
                  "dinov3_vitl16_dinotxt_vision_head_and_text_encoder-a442d8f5.pth", "dinov3-downloads"):
         assert text in message
+
+
+@pytest.mark.parametrize("opts, message", [
+    (["MODEL.SAM.ENABLED", "True"], "MODEL.SAM.ENABLED must be False"),
+    (["MODEL.DINOTXT.TEXT_FINETUNE", "full"], "TEXT_FINETUNE must be 'none'"),
+    (["MODEL.ZEROSHOT.MODE", "tiles"], "MODEL.ZEROSHOT.MODE must be one of"),
+    (["MODEL.ZEROSHOT.STRIDE", "0"], "STRIDE"),
+])
+def test_settings_it_cannot_honour_are_errors(weights, opts, message):
+    from detectron2.modeling import build_model
+
+    with pytest.raises(ValueError, match=message):
+        build_model(zeroshot_cfg(weights, *opts))
 
 
 def test_training_is_refused(weights, tmp_path):
