@@ -103,10 +103,28 @@ def test_predictor_runs_the_training_free_model(weights):
 FAST = ["MODEL.ZEROSHOT.SHORT_SIDE", "128", "MODEL.ZEROSHOT.WINDOW", "96", "MODEL.ZEROSHOT.STRIDE", "64"]
 
 
+def test_demo_runs_the_training_free_model(weights, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dinov3seg_demo_zeroshot", REPO / "demo" / "demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(photo()).save(path, quality=92)
+    opts = SMALL[:-2] + ["MODEL.DINOV3.WEIGHTS", str(weights["dinov3"]), "MODEL.DINOTXT.WEIGHTS",
+                         str(weights["dinotxt"])]
+    assert demo.main(["--config-file", CONFIG, "--input", str(path), "--vocabulary", "person, uniform, wall",
+                      "--output", str(tmp_path / "out"), "--opts", *opts]) == 0
+    record = json.loads((tmp_path / "out" / "photo.json").read_text())
+    assert list(record["pixel_shares"]) == ["person", "uniform", "wall"]
+    assert abs(sum(record["pixel_shares"].values()) - 1) < 1e-4 and (tmp_path / "out" / "photo.png").is_file()
+
+
 @pytest.mark.parametrize("switch", [
     ["MODEL.DINOTXT.USE_VISION_HEAD", "True"],
     ["MODEL.ZEROSHOT.MODE", "whole"],
-    ["MODEL.ZEROSHOT.MODE", "lga", "MODEL.DINOV3SEG.VIEW_SIZE", "96", "TEST.LGA.CANVAS", "160", "TEST.LGA.STRIDE", "64"],
+    ["MODEL.ZEROSHOT.MODE", "lga", "MODEL.DINOV3SEG.VIEW_SIZE", "96", "TEST.LGA.CANVAS", "160",
+     "TEST.LGA.STRIDE", "64"],
     ["MODEL.ANYUP.ENABLED", "True", "MODEL.ANYUP.QK_DIM", "16", "MODEL.ANYUP.OUTPUT_STRIDE", "8"],
 ], ids=["head_tokens", "whole", "lga", "anyup"])
 def test_switches_change_the_scores(weights, switch):
@@ -136,6 +154,19 @@ def test_missing_weight_files_are_named(tmp_path):
                  f"MODEL.DINOTXT.WEIGHTS = '{tmp_path / 'nope.pth'}' does not exist",
                  "dinov3_vitl16_dinotxt_vision_head_and_text_encoder-a442d8f5.pth", "dinov3-downloads"):
         assert text in message
+
+
+@pytest.mark.parametrize("opts, message", [
+    (["MODEL.SAM.ENABLED", "True"], "MODEL.SAM.ENABLED must be False"),
+    (["MODEL.DINOTXT.TEXT_FINETUNE", "full"], "TEXT_FINETUNE must be 'none'"),
+    (["MODEL.ZEROSHOT.MODE", "tiles"], "MODEL.ZEROSHOT.MODE must be one of"),
+    (["MODEL.ZEROSHOT.STRIDE", "0"], "STRIDE"),
+])
+def test_settings_it_cannot_honour_are_errors(weights, opts, message):
+    from detectron2.modeling import build_model
+
+    with pytest.raises(ValueError, match=message):
+        build_model(zeroshot_cfg(weights, *opts))
 
 
 def test_training_is_refused(weights, tmp_path):

@@ -129,7 +129,7 @@ class DINOTxtZeroShot(nn.Module):
         if cfg.MODEL.DINOV3SEG.PRECISION != "fp32":
             problems.append("MODEL.DINOV3SEG.PRECISION must be 'fp32' (Meta's recipe runs in fp32)")
         if problems:
-            raise ValueError("configs/dinotxt_zeroshot.yaml settings were changed: " + "; ".join(problems))
+            raise ValueError("DINOTxtZeroShot (configs/dinotxt_zeroshot.yaml): " + "; ".join(problems))
         check_weight_files(cfg)
         if c.MODE == "lga" and cfg.TEST.LGA.TOPK_CLASSES:
             logger.info("TEST.LGA.TOPK_CLASSES prunes classes inside the trained head; the training-free model "

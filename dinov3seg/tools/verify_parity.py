@@ -1,4 +1,5 @@
-"""Check our encoders against the parity fixtures produced by the official code (see shared/parity/README.md).
+"""Check our encoders (and the training-free recipe) against the parity fixtures produced by the official code
+(see shared/parity/README.md).
 
     python -m dinov3seg.tools.verify_parity FIXTURE.pt [FIXTURE.pt ...]
 
