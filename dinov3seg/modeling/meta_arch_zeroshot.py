@@ -18,7 +18,6 @@ MODEL.ANYUP.ENABLED (AnyUp refinement of the patch features) and MODEL.ZEROSHOT.
 the resized image) or "lga" (our Local-Global Aggregation, TEST.LGA.*, instead of steps 2-3).
 Scores are softmax probabilities over the vocabulary.
 """
-import logging
 import math
 import os
 from typing import Dict, List, Optional, Tuple
@@ -41,7 +40,6 @@ from .head.cost_volume import cosine_cost_volume, select_text_halves
 from .meta_arch_common import configured_test_vocabulary, patch_features, to_output_size
 from .text_embeddings import TextEmbedder, average_templates
 
-logger = logging.getLogger(__name__)
 
 MODES = ("slide", "whole", "lga")
 
@@ -77,6 +75,7 @@ class DINOTxtZeroShot(nn.Module):
     ``[{"sem_seg": (T, height, width) softmax probabilities}]``. Nothing is trained; no MODEL.WEIGHTS.
     """
 
+    sem_seg_score_type = "softmax"  # what "sem_seg" holds (the API's "none of these" threshold reads it)
     TRAINING_FREE = True  # no checkpoint: train_net.py --eval-only and eval.sh run without MODEL.WEIGHTS
     # Meta's published mIoU of this recipe with the ViT-L dinov3.txt (DINOv3 paper, Table 16), by benchmark.
     PUBLISHED_MIOU = {"ade20k_150_sem_seg_val": 24.7}
@@ -131,9 +130,6 @@ class DINOTxtZeroShot(nn.Module):
         if problems:
             raise ValueError("DINOTxtZeroShot (configs/dinotxt_zeroshot.yaml): " + "; ".join(problems))
         check_weight_files(cfg)
-        if c.MODE == "lga" and cfg.TEST.LGA.TOPK_CLASSES:
-            logger.info("TEST.LGA.TOPK_CLASSES prunes classes inside the trained head; the training-free model "
-                        "scores every class.")
         dinotxt = build_dinotxt(cfg)
         return dict(
             dinotxt=dinotxt, anyup=build_anyup(cfg),
@@ -216,9 +212,10 @@ class DINOTxtZeroShot(nn.Module):
         """One input dict, (T, D) text -> (T, height, width) probabilities."""
         image = batched_input["image"]
         if self.mode == "lga":
-            scores = self.lga(self.normalize(image),
-                              lambda views: window_probabilities(self.cosines(views, text), views.shape[-2:]))
-            return to_output_size(scores, batched_input)
+            # One resize, from the LGA canvas straight to the output size (as the trained model).
+            out_hw = (batched_input.get("height", image.shape[-2]), batched_input.get("width", image.shape[-1]))
+            return self.lga(self.normalize(image), out_hw=out_hw,
+                            segment_views=lambda views: window_probabilities(self.cosines(views, text), views.shape[-2:]))
         resized = self.normalize(self.resize(image))
         if self.mode == "whole":
             return to_output_size(self.cosines(resized[None], text)[0], batched_input).softmax(dim=0)
