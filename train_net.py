@@ -25,7 +25,7 @@ from dinov3seg.data import SemSegDatasetMapper, load_class_names
 from dinov3seg.engine import launch
 from dinov3seg.errors import ConfigError, exit_on_input_error
 from dinov3seg.evaluation import build_evaluator
-from dinov3seg.preemption import PreemptionCheckpointer, TrainingPreempted
+from dinov3seg.preemption import PreemptionCheckpointer, TrainingPreempted, forward_signals_to_workers
 from dinov3seg.solver import build_optimizer
 
 
@@ -124,6 +124,8 @@ if __name__ == "__main__":
                         help="also print the traceback of input errors (same as DINOV3SEG_TRACEBACK=1)")
     args = parser.parse_args()
     print("Command Line Args:", args)
+    if args.num_gpus > 1:  # this process only launches: a preemption signal sent to it reaches the workers
+        forward_signals_to_workers()
     # Without CUDA, --num-gpus N starts N CPU processes (gloo) instead.
     with exit_on_input_error("train_net.py", args.traceback):
         launch(checked_main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
