@@ -15,7 +15,7 @@ from collections import OrderedDict
 
 import dinov3seg  # noqa: F401  (registers the model and datasets; numpy/Pillow aliases first)
 import detectron2.utils.comm as comm
-from detectron2.data import DatasetCatalog, build_detection_test_loader, build_detection_train_loader
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils.logger import setup_logger
@@ -83,13 +83,6 @@ def setup(args):
     except (KeyError, ValueError, AssertionError) as err:  # yacs: unknown key, wrong type, odd override list
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         raise ConfigError(f"--config-file {args.config_file} with overrides {args.opts}: {message}") from err
-    registered = set(DatasetCatalog.list())
-    for key, names in (("DATASETS.TRAIN", cfg.DATASETS.TRAIN), ("DATASETS.TEST", cfg.DATASETS.TEST)):
-        unknown = [n for n in names if n not in registered]
-        if unknown:
-            raise ConfigError(f"{key}: dataset {unknown[0]!r} is not registered. dinov3seg registers the benchmarks "
-                              "listed in dinov3seg/data/datasets (e.g. 'ade20k_150_sem_seg_val') and the quickstart's "
-                              "'synthetic_ov_sem_seg_train' / '_val'.")
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="dinov3seg")
