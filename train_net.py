@@ -117,7 +117,7 @@ if __name__ == "__main__":
                         help="also print the traceback of input errors (same as DINOV3SEG_TRACEBACK=1)")
     args = parser.parse_args()
     print("Command Line Args:", args)
-    if args.num_gpus > 1:  # this process only launches: a preemption signal sent to it reaches the workers
+    if args.num_gpus * args.num_machines > 1:  # this process only launches: pass preemption signals on
         forward_signals_to_workers()
     # Without CUDA, --num-gpus N starts N CPU processes (gloo) instead.
     with exit_on_input_error("train_net.py", args.traceback):
