@@ -73,6 +73,7 @@ def workers(pid: int):
     return [c for c in pids if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
 
 
+@pytest.mark.slow  # trains in 2 processes; the all-rank agreement itself is covered by the test below
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc to see the signal handler")
 def test_sigterm_to_the_launcher_of_two_processes_checkpoints_once(tmp_path):
     """--num-gpus 2 on the CPU: the launcher passes SIGTERM on; both ranks stop after the same step."""
