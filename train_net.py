@@ -10,6 +10,7 @@ Errors in the input (config, weights, data, vocabulary) end in one line and exit
 DINOV3SEG_TRACEBACK=1) prints their traceback too. Other errors always show their traceback.
 """
 import json
+import logging
 import os
 from collections import OrderedDict
 
@@ -23,7 +24,7 @@ from dinov3seg import get_dinov3seg_cfg
 from dinov3seg.checkpoint import DINOv3SegCheckpointer
 from dinov3seg.data import SemSegDatasetMapper, load_class_names
 from dinov3seg.engine import launch
-from dinov3seg.errors import ConfigError, exit_on_input_error
+from dinov3seg.errors import ConfigError, InputErrorTracebackFilter, exit_on_input_error
 from dinov3seg.evaluation import build_evaluator
 from dinov3seg.preemption import PreemptionCheckpointer, TrainingPreempted, forward_signals_to_workers
 from dinov3seg.solver import build_optimizer
@@ -107,6 +108,7 @@ def main(args):
 
 def checked_main(args):
     """``main`` with input errors reported as one line and exit status 2 (in every process)."""
+    logging.getLogger("detectron2.engine.train_loop").addFilter(InputErrorTracebackFilter(args.traceback))
     with exit_on_input_error("train_net.py", args.traceback):
         return main(args)
 

@@ -14,6 +14,7 @@ a bug or an environment fault and keeps its full traceback. What counts as input
 Set ``DINOV3SEG_TRACEBACK=1`` (or pass ``--traceback`` to train_net.py) to print the traceback as well.
 """
 import contextlib
+import logging
 import os
 import re
 import sys
@@ -22,7 +23,7 @@ import traceback
 from torch.multiprocessing import ProcessExitedException
 
 __all__ = ["InputError", "ConfigError", "DataError", "VocabularyError", "INPUT_ERROR_EXIT_CODE", "TRACEBACK_ENV",
-           "is_input_error", "mark_input_error", "error_message", "exit_on_input_error"]
+           "is_input_error", "mark_input_error", "error_message", "exit_on_input_error", "InputErrorTracebackFilter"]
 
 INPUT_ERROR_EXIT_CODE = 2
 TRACEBACK_ENV = "DINOV3SEG_TRACEBACK"
@@ -101,3 +102,16 @@ def exit_on_input_error(prog: str, show_traceback: bool = False):
             traceback.print_exc()
         print(f"{prog}: error: {error_message(err)}", file=sys.stderr, flush=True)
         raise SystemExit(INPUT_ERROR_EXIT_CODE) from None
+
+
+class InputErrorTracebackFilter(logging.Filter):
+    """Drops log records that carry the traceback of an input error (Detectron2's training loop logs
+    "Exception during training:" with the traceback before re-raising), unless a traceback was asked for."""
+
+    def __init__(self, show_traceback: bool = False):
+        super().__init__()
+        self.show_traceback = show_traceback
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        err = record.exc_info[1] if record.exc_info else None
+        return err is None or not is_input_error(err) or traceback_requested(self.show_traceback)

@@ -11,8 +11,8 @@ from torch import nn
 
 from dinov3seg.checkpoint import DINOv3SegCheckpointer
 from dinov3seg.data.vocabulary import load_class_names, read_class_name_json
-from dinov3seg.errors import (ConfigError, DataError, VocabularyError, error_message, exit_on_input_error,
-                              is_input_error, mark_input_error)
+from dinov3seg.errors import (ConfigError, DataError, InputErrorTracebackFilter, VocabularyError, error_message,
+                              exit_on_input_error, is_input_error, mark_input_error)
 from dinov3seg.modeling.encoders.weights import WeightFileError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,6 +147,24 @@ def test_input_errors_exit_2_with_one_line_and_others_keep_their_traceback(capsy
     with pytest.raises(ZeroDivisionError):  # unexpected: propagates untouched
         with exit_on_input_error("tool"):
             1 / 0
+
+
+def test_training_loop_logs_no_traceback_for_input_errors(monkeypatch):
+    """Detectron2 logs "Exception during training:" with the traceback; for input errors only on request."""
+    import logging
+
+    monkeypatch.delenv("DINOV3SEG_TRACEBACK", raising=False)
+
+    def record(err):
+        try:
+            raise err
+        except Exception:
+            return logging.LogRecord("d2", logging.ERROR, "x", 1, "Exception during training:", None, sys.exc_info())
+
+    assert not InputErrorTracebackFilter().filter(record(DataError("labels must lie in [0, 3)")))
+    assert InputErrorTracebackFilter(show_traceback=True).filter(record(DataError("labels must lie in [0, 3)")))
+    assert InputErrorTracebackFilter().filter(record(RuntimeError("a bug")))
+    assert InputErrorTracebackFilter().filter(logging.LogRecord("d2", logging.INFO, "x", 1, "no error", None, None))
 
 
 def run_train_net(*args, **env):
