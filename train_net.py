@@ -10,12 +10,13 @@ Errors in the input (config, weights, data, vocabulary) end in one line and exit
 DINOV3SEG_TRACEBACK=1) prints their traceback too. Other errors always show their traceback.
 """
 import json
+import logging
 import os
 from collections import OrderedDict
 
 import dinov3seg  # noqa: F401  (registers the model and datasets)
 import detectron2.utils.comm as comm
-from detectron2.data import DatasetCatalog, build_detection_test_loader, build_detection_train_loader
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils.logger import setup_logger
@@ -23,10 +24,10 @@ from dinov3seg import get_dinov3seg_cfg
 from dinov3seg.checkpoint import DINOv3SegCheckpointer
 from dinov3seg.data import SemSegDatasetMapper, load_class_names
 from dinov3seg.engine import launch
-from dinov3seg.errors import ConfigError, exit_on_input_error
+from dinov3seg.errors import ConfigError, InputErrorTracebackFilter, exit_on_input_error
 from dinov3seg.evaluation import build_evaluator
 from dinov3seg.modeling.meta_arch_common import is_training_free
-from dinov3seg.preemption import PreemptionCheckpointer, TrainingPreempted
+from dinov3seg.preemption import PreemptionCheckpointer, TrainingPreempted, forward_signals_to_workers
 from dinov3seg.solver import build_optimizer
 
 
@@ -84,13 +85,6 @@ def setup(args):
     except (KeyError, ValueError, AssertionError) as err:  # yacs: unknown key, wrong type, odd override list
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         raise ConfigError(f"--config-file {args.config_file} with overrides {args.opts}: {message}") from err
-    registered = set(DatasetCatalog.list())
-    for key, names in (("DATASETS.TRAIN", cfg.DATASETS.TRAIN), ("DATASETS.TEST", cfg.DATASETS.TEST)):
-        unknown = [n for n in names if n not in registered]
-        if unknown:
-            raise ConfigError(f"{key}: dataset {unknown[0]!r} is not registered. dinov3seg registers the benchmarks "
-                              "listed in dinov3seg/data/datasets (e.g. 'ade20k_150_sem_seg_val') and the quickstart's "
-                              "'synthetic_ov_sem_seg_train' / '_val'.")
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="dinov3seg")
@@ -119,6 +113,7 @@ def main(args):
 
 def checked_main(args):
     """``main`` with input errors reported as one line and exit status 2 (in every process)."""
+    logging.getLogger("detectron2.engine.train_loop").addFilter(InputErrorTracebackFilter(args.traceback))
     with exit_on_input_error("train_net.py", args.traceback):
         return main(args)
 
@@ -129,6 +124,8 @@ if __name__ == "__main__":
                         help="also print the traceback of input errors (same as DINOV3SEG_TRACEBACK=1)")
     args = parser.parse_args()
     print("Command Line Args:", args)
+    if args.num_gpus * args.num_machines > 1:  # this process only launches: pass preemption signals on
+        forward_signals_to_workers()
     # Without CUDA, --num-gpus N starts N CPU processes (gloo) instead.
     with exit_on_input_error("train_net.py", args.traceback):
         launch(checked_main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,

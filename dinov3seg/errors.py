@@ -8,11 +8,13 @@ a bug or an environment fault and keeps its full traceback. What counts as input
 * ``FileNotFoundError`` (missing config, weights, data or class-name files);
 * an error marked with :func:`mark_input_error` (e.g. a checkpoint that does not fit the model);
 * a ``ValueError`` / ``KeyError`` whose message names a config key (``MODEL.DINOV3SEG.VIEW_SIZE`` ...): the
-  config checks of every module say which key is wrong, and yacs names the key it cannot merge.
+  config checks of every module say which key is wrong, and yacs names the key it cannot merge;
+* Detectron2's ``KeyError`` for a dataset name that is not registered.
 
 Set ``DINOV3SEG_TRACEBACK=1`` (or pass ``--traceback`` to train_net.py) to print the traceback as well.
 """
 import contextlib
+import logging
 import os
 import re
 import sys
@@ -21,12 +23,13 @@ import traceback
 from torch.multiprocessing import ProcessExitedException
 
 __all__ = ["InputError", "ConfigError", "DataError", "VocabularyError", "INPUT_ERROR_EXIT_CODE", "TRACEBACK_ENV",
-           "is_input_error", "mark_input_error", "error_message", "exit_on_input_error"]
+           "is_input_error", "mark_input_error", "error_message", "exit_on_input_error", "InputErrorTracebackFilter"]
 
 INPUT_ERROR_EXIT_CODE = 2
 TRACEBACK_ENV = "DINOV3SEG_TRACEBACK"
 
 _CONFIG_KEY = re.compile(r"\b(?:MODEL|INPUT|SOLVER|DATASETS|DATALOADER|TEST)\.[A-Z][A-Z0-9_]*")
+_UNREGISTERED = re.compile(r"Dataset '.*' is not registered")
 
 
 class InputError(Exception):
@@ -59,7 +62,10 @@ def is_input_error(err: BaseException) -> bool:
     """True for errors the user's input caused (see the module doc)."""
     if isinstance(err, (InputError, FileNotFoundError)) or getattr(err, "input_source", None):
         return True
-    return isinstance(err, (ValueError, KeyError)) and bool(_CONFIG_KEY.search(error_message(err)))
+    message = error_message(err)
+    if isinstance(err, KeyError) and _UNREGISTERED.match(message):  # Detectron2's catalogs: a misspelt name
+        return True
+    return isinstance(err, (ValueError, KeyError)) and bool(_CONFIG_KEY.search(message))
 
 
 def error_message(err: BaseException) -> str:
@@ -96,3 +102,16 @@ def exit_on_input_error(prog: str, show_traceback: bool = False):
             traceback.print_exc()
         print(f"{prog}: error: {error_message(err)}", file=sys.stderr, flush=True)
         raise SystemExit(INPUT_ERROR_EXIT_CODE) from None
+
+
+class InputErrorTracebackFilter(logging.Filter):
+    """Drops log records that carry the traceback of an input error (Detectron2's training loop logs
+    "Exception during training:" with the traceback before re-raising), unless a traceback was asked for."""
+
+    def __init__(self, show_traceback: bool = False):
+        super().__init__()
+        self.show_traceback = show_traceback
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        err = record.exc_info[1] if record.exc_info else None
+        return err is None or not is_input_error(err) or traceback_requested(self.show_traceback)

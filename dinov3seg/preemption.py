@@ -6,8 +6,12 @@ Cluster schedulers send SIGTERM (SLURM also SIGUSR1 with ``--signal``) some time
 ``all_reduce`` (MAX), the main process saves ``model_<iter>.pth`` with that iteration, every rank waits for
 the save, and training ends by raising :class:`TrainingPreempted`, which ``train_net.py`` catches to exit
 with status 0. ``--resume`` then continues from the next iteration, exactly where the run stopped.
+With several processes per machine, :func:`forward_signals_to_workers` makes the launching process pass
+the signal on to its training processes, so a signal sent to the launcher alone is not lost.
 """
 import logging
+import multiprocessing
+import os
 import signal
 
 import detectron2.utils.comm as comm
@@ -15,7 +19,7 @@ import torch
 import torch.distributed as dist
 from detectron2.engine import HookBase
 
-__all__ = ["PREEMPTION_SIGNALS", "PreemptionCheckpointer", "TrainingPreempted"]
+__all__ = ["PREEMPTION_SIGNALS", "PreemptionCheckpointer", "TrainingPreempted", "forward_signals_to_workers"]
 
 PREEMPTION_SIGNALS = tuple(s for s in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)) if s is not None)
 
@@ -73,3 +77,21 @@ class PreemptionCheckpointer(HookBase):
                    f"iteration {iteration + 1}.")
         logger.warning(message)
         raise TrainingPreempted(message)
+
+
+def forward_signals_to_workers(signals=PREEMPTION_SIGNALS) -> None:
+    """In a process that only launches training processes: pass preemption signals on to them (they
+    checkpoint and exit; the launcher returns when they do). With none running yet, the signal keeps its
+    default effect."""
+
+    def forward(signum, frame):
+        workers = multiprocessing.active_children()
+        if not workers:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        for worker in workers:
+            os.kill(worker.pid, signum)
+
+    for s in signals:
+        signal.signal(s, forward)

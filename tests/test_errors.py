@@ -11,8 +11,8 @@ from torch import nn
 
 from dinov3seg.checkpoint import DINOv3SegCheckpointer
 from dinov3seg.data.vocabulary import load_class_names, read_class_name_json
-from dinov3seg.errors import (ConfigError, DataError, VocabularyError, error_message, exit_on_input_error,
-                              is_input_error, mark_input_error)
+from dinov3seg.errors import (ConfigError, DataError, InputErrorTracebackFilter, VocabularyError, error_message,
+                              exit_on_input_error, is_input_error, mark_input_error)
 from dinov3seg.modeling.encoders.weights import WeightFileError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,6 +122,7 @@ def test_what_counts_as_an_input_error():
     assert is_input_error(FileNotFoundError("data not prepared"))
     assert is_input_error(ValueError("MODEL.DINOV3SEG.VIEW_SIZE must be a multiple of 16"))
     assert is_input_error(KeyError("Non-existent config key: MODEL.NOPE"))
+    assert is_input_error(KeyError("Dataset 'ade_150' is not registered! Available datasets are: a, b"))
     assert is_input_error(mark_input_error(KeyError("missing keys"), "MODEL.WEIGHTS 'a.pth'"))
     assert not is_input_error(ValueError("too many values to unpack"))  # a bug: keeps its traceback
     assert not is_input_error(RuntimeError("CUDA out of memory"))
@@ -148,6 +149,24 @@ def test_input_errors_exit_2_with_one_line_and_others_keep_their_traceback(capsy
             1 / 0
 
 
+def test_training_loop_logs_no_traceback_for_input_errors(monkeypatch):
+    """Detectron2 logs "Exception during training:" with the traceback; for input errors only on request."""
+    import logging
+
+    monkeypatch.delenv("DINOV3SEG_TRACEBACK", raising=False)
+
+    def record(err):
+        try:
+            raise err
+        except Exception:
+            return logging.LogRecord("d2", logging.ERROR, "x", 1, "Exception during training:", None, sys.exc_info())
+
+    assert not InputErrorTracebackFilter().filter(record(DataError("labels must lie in [0, 3)")))
+    assert InputErrorTracebackFilter(show_traceback=True).filter(record(DataError("labels must lie in [0, 3)")))
+    assert InputErrorTracebackFilter().filter(record(RuntimeError("a bug")))
+    assert InputErrorTracebackFilter().filter(logging.LogRecord("d2", logging.INFO, "x", 1, "no error", None, None))
+
+
 def run_train_net(*args, **env):
     return subprocess.run([sys.executable, "train_net.py", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=900, env=dict(os.environ, **env))
@@ -158,9 +177,9 @@ def test_train_net_reports_input_errors_in_one_line(tmp_path):
     assert bad_key.returncode == 2, bad_key.stderr[-3000:]
     assert bad_key.stderr.splitlines()[-1].startswith("train_net.py: error: --config-file configs/quickstart.yaml")
     assert "MODEL.DINOV3SEG.NO_SUCH_KEY" in bad_key.stderr and "Traceback" not in bad_key.stderr
-    asked = run_train_net("--config-file", "configs/quickstart.yaml", "--traceback", "DATASETS.TEST", "('nope',)")
+    asked = run_train_net("--config-file", "configs/quickstart.yaml", "--traceback", "MODEL.DINOV3SEG.NO_SUCH_KEY", "1")
     assert asked.returncode == 2 and "Traceback (most recent call last)" in asked.stderr
-    assert asked.stderr.splitlines()[-1].startswith("train_net.py: error: DATASETS.TEST: dataset 'nope' is not registered")
+    assert asked.stderr.splitlines()[-1] == bad_key.stderr.splitlines()[-1]
     truncated = tmp_path / "model_final.pth"
     truncated.write_bytes(b"PK\x03\x04 cut short")
     weights = run_train_net("--config-file", "configs/quickstart.yaml", "--eval-only", "MODEL.WEIGHTS", str(truncated),

@@ -67,6 +67,40 @@ def test_signal_saves_the_current_iteration_and_resume_continues_there(tmp_path,
     assert torch.load(tmp_path / "model_final.pth", weights_only=True)["iteration"] == stopped + 2
 
 
+def workers(pid: int):
+    """The training processes ``pid`` spawned (not e.g. multiprocessing's resource tracker)."""
+    pids = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    return [c for c in pids if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+@pytest.mark.slow  # trains in 2 processes; the all-rank agreement itself is covered by the test below
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc to see the signal handler")
+def test_sigterm_to_the_launcher_of_two_processes_checkpoints_once(tmp_path):
+    """--num-gpus 2 on the CPU: the launcher passes SIGTERM on; both ranks stop after the same step."""
+    log = tmp_path / "train.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen(
+            [sys.executable, "train_net.py", "--config-file", "configs/quickstart.yaml", "--num-gpus", "2",
+             "OUTPUT_DIR", str(tmp_path), "SOLVER.MAX_ITER", "100000", "SOLVER.CHECKPOINT_PERIOD", "100000", *FAST],
+            cwd=REPO, env=env(), stdout=f, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 600
+        while not (len(workers(proc.pid)) == 2 and all(catches(c, signal.SIGTERM) for c in workers(proc.pid))):
+            assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)  # the launcher only
+        assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    stops = re.findall(r"Preempted \((SIGTERM|a signal on another rank)\) after iteration (\d+)", text)
+    assert stops and len({it for _, it in stops}) == 1, text[-3000:]
+    saved = sorted(p.name for p in tmp_path.glob("model_*.pth"))
+    assert saved == [f"model_{int(stops[0][1]):07d}.pth"]
+
+
 def test_all_ranks_stop_after_the_same_step_when_one_is_signalled(tmp_path):
     """Rank 1 alone gets SIGUSR1 during step 2; the all_reduce makes both ranks stop after step 2."""
     proc = subprocess.run([sys.executable, str(REPO / "tests" / "preemption_worker.py"), str(tmp_path)],

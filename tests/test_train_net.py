@@ -45,3 +45,13 @@ def test_two_cpu_processes_train_the_same_weights(tmp_path):
     assert rank0.keys() == rank1.keys() and len(rank0) > 10
     for key in rank0:
         torch.testing.assert_close(rank0[key], rank1[key], rtol=0, atol=0)
+
+
+def test_quickstart_is_reproducible(tmp_path):
+    """SEED fixes init, data order and the loader worker's crops / flips: two runs train the same weights."""
+    for name in ("a", "b"):
+        run("train_net.py", "--config-file", "configs/quickstart.yaml", "OUTPUT_DIR", str(tmp_path / name),
+            "SOLVER.MAX_ITER", "3", "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "1", "DATASETS.TEST", "()")
+    a, b = (torch.load(tmp_path / name / "model_final.pth", weights_only=True)["model"] for name in ("a", "b"))
+    assert a.keys() == b.keys() and len(a) > 10
+    assert all(torch.equal(a[k], b[k]) for k in a)
