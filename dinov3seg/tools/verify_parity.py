@@ -267,7 +267,8 @@ def check_catseg_aggregator(blob: dict, path: Path) -> Iterator[Comparison]:
         features = inp["decoder_features"] if heads[0].decoder_guidance_projections is not None else None
         guidance = inp["appearance_guidance"] if heads[0].guidance_projection is not None else None
         args = (inp["img_feats"], text, guidance, features)
-        ours = {"logits": heads[0](*args), "corr": cosine_cost_volume(inp["img_feats"], text[..., text.shape[-1] // 2:])}
+        local_half = text[..., text.shape[-1] // 2 :]
+        ours = {"logits": heads[0](*args), "corr": cosine_cost_volume(inp["img_feats"], local_half)}
         if features is not None:
             ours["decoder_guidance"] = [p[0](f) for p, f in zip(heads[0].decoder_guidance_projections, features)]
         yield from paired(f"{name}/", ours, blob["outputs"][name])
