@@ -84,7 +84,10 @@ def autocast(device: torch.device, precision: str):
 
 
 def fp32_region(device: torch.device):
-    """Autocast switched off: the ops inside run in the dtype of their (fp32) inputs."""
+    """Autocast switched off: the ops inside run in the dtype of their (fp32) inputs. A no-op context on device
+    types without autocast (``meta``, used by the device-placement check of the tests)."""
+    if not torch.amp.is_autocast_available(device.type):
+        return contextlib.nullcontext()
     return torch.autocast(device.type, enabled=False)
 
 
@@ -92,13 +95,33 @@ def _to_fp32(module: nn.Module, args: tuple) -> tuple:
     return tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
 
 
+def _norm_types() -> tuple:
+    from segment_anything.modeling.common import LayerNorm2d
+
+    return (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, LayerNorm2d)
+
+
+@contextlib.contextmanager
+def norms_fp32_everywhere():
+    """While active, every norm layer of any module takes fp32 inputs (as :func:`keep_norms_fp32` does for one
+    model): for code that builds its modules itself (``tools.verify_parity --precision bf16``)."""
+    norms = _norm_types()
+
+    def hook(module, args):
+        return _to_fp32(module, args) if isinstance(module, norms) else None
+
+    handle = nn.modules.module.register_module_forward_pre_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def keep_norms_fp32(model: nn.Module) -> int:
     """Make every LayerNorm / GroupNorm / RMSNorm of ``model`` take fp32 inputs (so under bf16 autocast the
     statistics, the normalised output and the affine run in fp32 on any device; a no-op in fp32 runs).
     Returns the number of norm layers hooked."""
-    from segment_anything.modeling.common import LayerNorm2d
-
-    norms = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, LayerNorm2d)
+    norms = _norm_types()
     count = 0
     for module in model.modules():
         if isinstance(module, norms) and not getattr(module, "_dinov3seg_fp32", False):

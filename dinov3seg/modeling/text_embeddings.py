@@ -281,8 +281,8 @@ class TextEmbedder(nn.Module):
                 for name in names:
                     prompts.append(template.replace("{}", name))
                     rows.append(c * len(self.templates) + p)
-        rows = torch.tensor(rows, dtype=torch.long)
         device = self._device()
+        rows = torch.tensor(rows, dtype=torch.long, device=device)
 
         chunks = []
         summed = None
@@ -294,11 +294,11 @@ class TextEmbedder(nn.Module):
                 continue
             if summed is None:
                 summed = emb.new_zeros(len(class_names) * len(self.templates), emb.shape[-1])
-            summed.index_add_(0, rows[start : start + len(emb)].to(emb.device), emb)
+            summed.index_add_(0, rows[start : start + len(emb)], emb)
         if chunks:
             emb = torch.cat(chunks)
             summed = emb.new_zeros(len(class_names) * len(self.templates), emb.shape[-1])
-            summed = summed.index_add(0, rows.to(emb.device), emb)
+            summed = summed.index_add(0, rows, emb)
         if summed is None:  # empty vocabulary
             return torch.zeros(0, len(self.templates), 0, device=device)
         # The mean over synonyms and the sum point the same way: normalising the sum is enough.

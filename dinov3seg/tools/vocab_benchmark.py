@@ -7,8 +7,8 @@ The head is what grows with T, and alone it fits a CPU at full size. For the who
 text) against T and image size use ``python -m dinov3seg.tools.benchmark --sweep``.
 
 Options: ``--classes 20 150 847 2000``, ``--chunk 0 32`` (MODEL.DINOV3SEG.CLASS_CHUNK_SIZE values to
-compare), ``--pad-len K`` (MODEL.DINOV3SEG.CLASS_PAD_LEN; >= T keeps every class), ``--views V`` (views per batch; 5 = 2x2 windows +
-global), ``--device cpu|cuda``, ``--opts KEY VALUE ...``.
+compare), ``--pad-len K`` (MODEL.DINOV3SEG.CLASS_PAD_LEN; >= T keeps every class), ``--views V`` (views per
+batch; 5 = 2x2 windows + global), ``--device cpu|cuda``, ``--opts KEY VALUE ...``.
 
 Peak memory is what the measured call adds on top of what was allocated before it: on CUDA
 ``torch.cuda.max_memory_allocated``; on the CPU the growth of the process's peak resident set, so every

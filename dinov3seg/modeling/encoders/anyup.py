@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..precision import fp32_region
 from .weights import WEIGHT_SPECS, load_strict, load_weight_file
 
 __all__ = ["AnyUp"]
@@ -102,6 +103,12 @@ class LearnedFeatureUnification(nn.Module):
         self.basis = nn.Parameter(torch.randn(num_filters, 1, kernel_size, kernel_size))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        # fp32 under bf16 autocast too, by design: the output is nearly constant (~1/M) and the GroupNorm that
+        # follows divides by its tiny spread, so bf16 responses would reach the keys as errors of ~5e-2.
+        with fp32_region(features.device):
+            return self._forward(_at_least_fp32(features))
+
+    def _forward(self, features: torch.Tensor) -> torch.Tensor:
         b, c, h, w = features.shape
         m, _, k, _ = self.basis.shape
         if c % m:
@@ -110,7 +117,7 @@ class LearnedFeatureUnification(nn.Module):
         # runs over g for each (r, filter) and the mean over all (r, filter) pairs. Channels-last taps
         # [k*k, pixels, g] put g last: one matmul per chunk, then a softmax over contiguous memory.
         basis, group = self.basis.flatten(1), c // m  # [M, k*k]
-        out = features.new_zeros(b, h * w, m, dtype=torch.promote_types(features.dtype, torch.float32))
+        out = features.new_zeros(b, h * w, m)
         for i in range(b):
             padded = F.pad(features[i], (k // 2,) * 4).permute(1, 2, 0)  # [h+k-1, w+k-1, C] (a view)
             for r in range(group):
@@ -118,8 +125,7 @@ class LearnedFeatureUnification(nn.Module):
                 for p0 in range(0, h * w, self.PIXEL_CHUNK):
                     chunk = taps[:, p0:p0 + self.PIXEL_CHUNK]
                     responses = (basis @ chunk.flatten(1)).view(m, -1, m)  # [filter, P, g]
-                    # softmax in fp32 under bf16 autocast too (by design: 128 x C/M probabilities are summed)
-                    out[i, p0:p0 + self.PIXEL_CHUNK] += _at_least_fp32(responses).softmax(dim=-1).sum(dim=0)
+                    out[i, p0:p0 + self.PIXEL_CHUNK] += responses.softmax(dim=-1).sum(dim=0)
         return out.div_(c).transpose(1, 2).reshape(b, m, h, w)
 
     def _taps(self, padded: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -140,7 +146,7 @@ class LearnedFeatureUnification(nn.Module):
         for image in features:
             taps = self._taps(F.pad(image, (k // 2,) * 4).permute(1, 2, 0), h, w)  # [k*k, h*w, C]
             responses = torch.matmul(self.basis.flatten(1), taps.permute(2, 0, 1))  # [C, M, h*w]
-            maps.append(_at_least_fp32(responses).view(m, c, h, w).softmax(dim=0).mean(dim=1))
+            maps.append(responses.view(m, c, h, w).softmax(dim=0).mean(dim=1))
         return torch.stack(maps)
 
 
@@ -175,7 +181,7 @@ class RoPE(nn.Module):
         _, d, h, w = x.shape
         # Angles reach 2 pi x 100 rad: coordinates, angles and sin/cos stay fp32 under autocast (by design).
         dtype = torch.promote_types(x.dtype, torch.float32)
-        with torch.autocast(x.device.type, enabled=False):
+        with fp32_region(x.device):
             ys = torch.linspace(0, 1, h, device=x.device, dtype=dtype)
             xs = torch.linspace(0, 1, w, device=x.device, dtype=dtype)
             coords = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).reshape(h * w, 2)
@@ -227,7 +233,7 @@ class WindowCrossAttention(nn.Module):
         q = heads(F.linear(self.norm_q(q), w_q, b_q)) * math.sqrt(self.num_heads / d)
         k = heads(F.linear(self.norm_k(k), w_k, b_k))
         logits = (q @ k.transpose(-2, -1)).masked_fill(masked, float("-inf"))  # [B, heads, Q, K]
-        return logits.softmax(dim=-1).mean(dim=1) @ v
+        return _at_least_fp32(logits).softmax(dim=-1).mean(dim=1) @ v  # softmax in fp32 under autocast (by design)
 
 
 class CrossDecode(nn.Module):
