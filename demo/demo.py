@@ -39,6 +39,7 @@ from tqdm import tqdm  # noqa: E402
 
 from dinov3seg.config import add_dinov3seg_config  # noqa: E402
 from dinov3seg.data.datasets import read_class_file  # noqa: E402
+from dinov3seg.errors import exit_on_input_error  # noqa: E402
 from dinov3seg.data.datasets.register_benchmarks import class_colors  # noqa: E402
 from dinov3seg.data.vocabulary import validate_vocabulary  # noqa: E402
 from dinov3seg.inference.predictor import read_image_rgb  # noqa: E402
@@ -129,9 +130,9 @@ def parse_vocabulary(text: str) -> List[str]:
 def read_vocabulary_file(path: str) -> List[str]:
     """A JSON list of names, or a text file with one class per line (synonyms comma-separated)."""
     try:
-        names = read_class_file(path)
+        names = read_class_file(path, "--vocabulary-file")
     except (OSError, ValueError) as e:
-        raise DemoError(f"--vocabulary-file: {e}") from None
+        raise DemoError(str(e)) from None
     return _check_user_vocabulary(names, f"--vocabulary-file '{path}'", shared_synonyms_ok=True)
 
 
@@ -308,7 +309,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     args = get_parser().parse_args(argv)
     try:
-        return run(args)
+        with exit_on_input_error("demo.py"):  # bad weights, config or data: one line, exit status 2
+            return run(args)
     except DemoError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -202,6 +202,18 @@ def test_missing_weights_and_bad_opts(config_file, tmp_path, capsys):
     assert "bad --opts" in capsys.readouterr().err
 
 
+def test_missing_encoder_weights_end_in_one_line(tmp_path, capsys):
+    photo = real_photo(tmp_path)
+    zeroshot = str(Path(__file__).resolve().parents[1] / "configs" / "dinotxt_zeroshot.yaml")
+    with pytest.raises(SystemExit) as exit_info:
+        run_demo(zeroshot, "--input", photo, "--vocabulary", "cat", "--output", str(tmp_path / "o"),
+                 "--opts", "MODEL.DINOV3.WEIGHTS", str(tmp_path / "no_dinov3.pth"))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert err.startswith("demo.py: error: ") and "Traceback" not in err
+    assert "dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth" in err
+
+
 def test_no_input_matched_and_single_unreadable(config_file, tmp_path, capsys, caplog):
     assert run_demo(config_file, "--input", str(tmp_path / "*.jpg"), "--vocabulary", "cat",
                     "--output", str(tmp_path / "o")) == 2

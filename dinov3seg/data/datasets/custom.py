@@ -29,7 +29,7 @@ import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
-from ..vocabulary import validate_vocabulary
+from ..vocabulary import read_class_name_json, validate_vocabulary
 from .register_benchmarks import DATASETS, class_colors
 
 __all__ = ["register_sem_seg_folder", "read_class_file", "register_from_env", "ENV_VAR"]
@@ -42,26 +42,19 @@ SINGLE_CHANNEL_MODES = ("L", "P", "I", "I;16", "I;16B", "I;16L", "I;16N", "1")
 _MAX_LISTED = 5  # examples listed in an error
 
 
-def read_class_file(path: Union[str, os.PathLike]) -> List[str]:
+def read_class_file(path: Union[str, os.PathLike], source: str = "class-name file") -> List[str]:
     """Class names from a JSON list, or from a text file with one class per line (synonyms comma-separated;
-    blank lines and lines starting with "#" are skipped). Line / list order = label value."""
+    blank lines and lines starting with "#" are skipped). Line / list order = label value. ``source`` (the
+    argument or flag that named the file) starts every error."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"class-name file '{path}' does not exist")
-    text = path.read_text(encoding="utf-8")
     if path.suffix.lower() == ".json":
-        try:
-            names = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"class-name file '{path}' is not valid JSON ({e}); give a JSON list of names, "
-                             "or a .txt file with one class per line") from None
-        if not isinstance(names, list):
-            raise ValueError(f"class-name file '{path}' must hold a JSON list of names, found "
-                             f"{type(names).__name__}")
-        names = [n.strip() if isinstance(n, str) else n for n in names]
+        names = [n.strip() if isinstance(n, str) else n for n in read_class_name_json(str(path), source)]
+    elif not path.is_file():
+        raise FileNotFoundError(f"{source}: class-name file '{path}' does not exist")
     else:
+        text = path.read_text(encoding="utf-8")
         names = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    return validate_vocabulary(names, f"class-name file '{path}'")
+    return validate_vocabulary(names, f"{source} '{path}'")
 
 
 def _index_by_stem(folder: Path, extensions: Sequence[str], what: str) -> Dict[str, Path]:
