@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from dinov3seg.checkpoint import DINOv3SegCheckpointer
+from dinov3seg.checkpoint import CHECKPOINT_FORMAT, DINOv3SegCheckpointer
 from dinov3seg.data.vocabulary import load_class_names, read_class_name_json
 from dinov3seg.errors import (ConfigError, DataError, InputErrorTracebackFilter, VocabularyError, error_message,
                               exit_on_input_error, is_input_error, mark_input_error)
@@ -57,7 +57,7 @@ def test_resume_errors_name_the_last_checkpoint(tmp_path):
 
 
 def test_a_checkpoint_of_another_model_is_an_input_error_of_the_same_type(tmp_path):
-    torch.save({"model": {"other.weight": torch.zeros(1)}}, tmp_path / "other.pth")
+    torch.save({"model": {"other.weight": torch.zeros(1)}, "format": CHECKPOINT_FORMAT}, tmp_path / "other.pth")
     with pytest.raises(KeyError) as err:  # type kept; marked as input, with its source
         DINOv3SegCheckpointer(Tiny()).load(str(tmp_path / "other.pth"))
     assert is_input_error(err.value) and "MODEL.WEIGHTS" in err.value.input_source
