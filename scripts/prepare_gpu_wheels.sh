@@ -12,7 +12,7 @@ WHEELS=${WHEELS:-.whl}
 PY_VERSION=${PY_VERSION:-3.12}
 PY=$(command -v "${PYTHON:-python3}")
 mkdir -p "$WHEELS"
-grep -qxF "/$WHEELS/" .git/info/exclude 2>/dev/null || echo "/$WHEELS/" >> .git/info/exclude 2>/dev/null || true
+WHEELS=$(cd "$WHEELS" && pwd)
 # pure-Python packages that publish only sdists are built into wheels here; the rest must be binary wheels
 "$PY" -m pip wheel -q --no-deps -w "$WHEELS" fvcore==0.1.5.post20221221 iopath==0.1.9 yacs termcolor \
     antlr4-python3-runtime==4.9.3 segment-anything==1.0
@@ -27,7 +27,10 @@ if ! ls "$WHEELS"/pb1_detectron2-0.6-*.whl >/dev/null 2>&1; then
   cp scripts/detectron2_stub/_C.py "$work"/pb1-detectron2-0.6/detectron2/_C.py
   rm -f "$work"/pb1-detectron2-0.6/tools/__init__.py
   (cd "$work"/pb1-detectron2-0.6 && "$PY" setup.py -q build_py >/dev/null &&
-   "$PY" setup.py -q bdist_wheel --skip-build -d "$OLDPWD/$WHEELS" >/dev/null)
+   "$PY" setup.py -q bdist_wheel --skip-build -d "$work/dist" >/dev/null)
+  # no compiled code inside (the _C stub): retag the build's cpXY-linux wheel as py3-none-any
+  "$PY" -m wheel tags --python-tag py3 --abi-tag none --platform-tag any --remove "$work"/dist/*.whl
+  mv "$work"/dist/*.whl "$WHEELS"/
 fi
 echo "wheels for Python $PY_VERSION in $WHEELS ($(du -sh "$WHEELS" | cut -f1)):"
 ls "$WHEELS"
