@@ -12,3 +12,15 @@ def parity_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"parity fixtures not found at {path} (set DINOV3SEG_PARITY_DIR)")
     return path
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` are skipped, with the reason, where no CUDA device is available."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (run by scripts/gpu_check.sh on a GPU machine)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
