@@ -21,9 +21,10 @@ def model():
     return build_model(cfg)
 
 
-def infer(model, image, topk=0):
+def infer(model, image, pad_len):
     model.eval()
-    model.topk_classes = topk
+    for part in (model.sem_seg_head, *model.sem_seg_head.classes):  # the head's one class-axis length
+        part.pad_len = pad_len
     model.set_vocabulary(["red", "green", "blue, navy"])
     with torch.no_grad():
         return model([{"image": image, "height": 90, "width": 120}])[0]["sem_seg"]
@@ -31,10 +32,10 @@ def infer(model, image, topk=0):
 
 def test_inference_follows_the_input_device(model):
     image = torch.rand(3, 90, 120) * 255
-    for topk in (0, 2):  # every class, and the per-view top-k pruning of large vocabularies
+    for pad_len in (12, 2):  # padded class axis, and the per-view top-k pruning of large vocabularies
         model.text_embedder.clear_cache()
         with DevicePlacementGuard(model):
-            scores = infer(model, image, topk)
+            scores = infer(model, image, pad_len)
         assert scores.device.type == "cpu" and scores.shape == (3, 90, 120)
 
 
@@ -59,4 +60,4 @@ def test_guard_catches_a_planted_bug(model, monkeypatch):
     image = torch.rand(3, 90, 120) * 255
     with pytest.raises(DevicePlacementError, match="default device"):
         with DevicePlacementGuard(model):
-            infer(model, image)
+            infer(model, image, 12)
