@@ -9,7 +9,8 @@ with bf16 (forced, on any device: on CPUs without AMX / AVX512-BF16 bf16 matmuls
 Agreement is the share of pixels (with a label, i.e. not the ignore value) whose arg-max class is the same;
 mIoU comes from the dataset's evaluator. A checkpoint holds the head, not the frozen encoders: with random
 encoder weights (the quickstart) pass the training run's seed (its log says "Using a generated random seed N";
-SEED in the config otherwise) so the encoders are rebuilt as they were trained. Exit status 1 if the mIoU moves by more than ``--max-miou-delta`` points.
+SEED in the config otherwise) so the encoders are rebuilt as they were trained. Exit status 1 if the mIoU
+moves by more than ``--max-miou-delta`` points.
 """
 import argparse
 import json
@@ -61,7 +62,8 @@ def compare(cfg, weights: str, dataset: str, device: str = "cpu", limit: int = 0
                 for x, a, b in zip(inputs, outputs["fp32"], outputs["bf16"]):
                     sa, sb = a["sem_seg"], b["sem_seg"]
                     max_diff = max(max_diff, float((sa - sb).abs().max()))
-                    valid = x["sem_seg"].to(sa.device) != ignore if "sem_seg" in x else torch.ones_like(sa[0], dtype=torch.bool)
+                    valid = (x["sem_seg"].to(sa.device) != ignore if "sem_seg" in x
+                             else torch.ones_like(sa[0], dtype=torch.bool))
                     same += int(((sa.argmax(0) == sb.argmax(0)) & valid).sum())
                     labelled += int(valid.sum())
                 images += len(inputs)
