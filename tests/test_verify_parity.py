@@ -58,6 +58,7 @@ def test_unknown_kind_is_an_error(tmp_path, capsys):
     assert "not_a_model" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # 2+ minutes on CPUs without AMX / AVX512-BF16 (no fast bf16 matmul)
 def test_bf16_errors_are_reported_not_asserted(parity_dir, capsys):
     path = parity_dir / "anyup_full.pt"
     if not path.is_file():
