@@ -6,12 +6,14 @@
 # Idempotent: does nothing if this build (same patches and stand-in) or an upstream compiled build is
 # installed; replaces an older build of ours. With GitHub access you may instead run
 #   pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git'
+# WHEEL_DIR=dir: only build the wheel into dir (scripts/prepare_gpu_wheels.sh), install nothing.
 set -euo pipefail
 PY=$(command -v "${PYTHON:-python}")
 case "$PY" in /*) ;; *) PY="$PWD/$PY" ;; esac
 here=$(cd "$(dirname "$0")" && pwd)
 build_id=$(cat "$here/patch_detectron2.py" "$here/detectron2_stub/_C.py" | sha256sum | cut -c1-12)
-installed=$("$PY" - "$build_id" <<'EOF' 2>/dev/null || echo none
+installed=none
+[ -n "${WHEEL_DIR:-}" ] || installed=$("$PY" - "$build_id" <<'EOF' 2>/dev/null || echo none
 import sys
 import detectron2._C as C
 if not C.__file__.endswith(".py"):
@@ -44,5 +46,10 @@ rm -f tools/__init__.py   # keep the wheel from installing a top-level `tools` p
 "$PY" setup.py -q build_py >"$work/build.log" 2>&1 || { cat "$work/build.log"; exit 1; }
 "$PY" setup.py -q bdist_wheel --skip-build -d "$work/dist" >>"$work/build.log" 2>&1 || { cat "$work/build.log"; exit 1; }
 cd /
+if [ -n "${WHEEL_DIR:-}" ]; then
+  mkdir -p "$WHEEL_DIR" && cp "$work"/dist/pb1_detectron2-0.6-*.whl "$WHEEL_DIR"/
+  echo "detectron2 wheel written to $WHEEL_DIR"
+  exit 0
+fi
 "$PY" -m pip install -q "$work"/dist/pb1_detectron2-0.6-*.whl
 "$PY" -c "import detectron2; print('detectron2', detectron2.__version__, 'installed (pure-Python build)')"

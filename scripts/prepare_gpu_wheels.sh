@@ -2,7 +2,7 @@
 # Run on a machine WITH network (the CPU machine), in the repository root, before scripts/gpu_check.sh is run on a
 # GPU machine without network (issue 12). Fills .whl/ with the Python 3.12 manylinux wheels of what such a machine
 # lacks (its image has torch, numpy 2, Pillow, opencv, scipy, timm, einops, pytest, ... but not these), plus a
-# pure-Python Detectron2 0.6 wheel built from the sdist as scripts/install_detectron2.sh builds it.
+# pure-Python Detectron2 0.6 wheel that scripts/install_detectron2.sh builds (WHEEL_DIR).
 #   bash scripts/prepare_gpu_wheels.sh            # then carry .whl/ (about 5 MB) to the GPU machine
 # Override the target with PY_VERSION=3.13 or the folder with WHEELS=dir. The list lives here, not in
 # requirements.txt: it is only the GPU image's gap.
@@ -22,12 +22,7 @@ WHEELS=$(cd "$WHEELS" && pwd)
 if ! ls "$WHEELS"/pb1_detectron2-0.6-*.whl >/dev/null 2>&1; then
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
-  "$PY" -m pip download -q --no-deps --no-build-isolation --no-binary :all: -d "$work" pb1-detectron2==0.6
-  tar xzf "$work"/pb1-detectron2-0.6.tar.gz -C "$work"
-  cp scripts/detectron2_stub/_C.py "$work"/pb1-detectron2-0.6/detectron2/_C.py
-  rm -f "$work"/pb1-detectron2-0.6/tools/__init__.py
-  (cd "$work"/pb1-detectron2-0.6 && "$PY" setup.py -q build_py >/dev/null &&
-   "$PY" setup.py -q bdist_wheel --skip-build -d "$work/dist" >/dev/null)
+  WHEEL_DIR="$work/dist" PYTHON="$PY" bash scripts/install_detectron2.sh  # the same patched build as the install
   # no compiled code inside (the _C stub): retag the build's cpXY-linux wheel as py3-none-any
   "$PY" -m wheel tags --python-tag py3 --abi-tag none --platform-tag any --remove "$work"/dist/*.whl
   mv "$work"/dist/*.whl "$WHEELS"/
