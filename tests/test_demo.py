@@ -122,12 +122,18 @@ def test_demo_on_a_real_photo(config_file, tmp_path, capsys):
     assert (legend != 255).any()  # the legend has swatches and text
 
 
+def red_blue_halves(height: int, width: int) -> np.ndarray:
+    """An H x W x 3 uint8 image: left half red, right half blue."""
+    rgb = np.zeros((height, width, 3), np.uint8)
+    rgb[:, : width // 2] = COLOR_NAMES["red"]
+    rgb[:, width // 2 :] = COLOR_NAMES["blue"]
+    return rgb
+
+
 def test_demo_many_images_odd_formats_and_tiny(config_file, tmp_path):
     d = tmp_path / "imgs"
     d.mkdir()
-    rgb = np.zeros((40, 50, 3), np.uint8)
-    rgb[:, :25] = COLOR_NAMES["red"]
-    rgb[:, 25:] = COLOR_NAMES["blue"]
+    rgb = red_blue_halves(40, 50)
     Image.fromarray(rgb).save(d / "a_rgb.png")
     Image.fromarray(rgb).convert("L").save(d / "b_gray.png")
     rgba = np.concatenate([rgb, np.full((40, 50, 1), 128, np.uint8)], -1)
@@ -298,10 +304,7 @@ def test_demo_with_the_quickstart_model_and_a_checkpoint(tmp_path):
 def test_demo_writes_the_label_map_and_its_name_table(config_file, tmp_path):
     d = tmp_path / "imgs"
     d.mkdir()
-    rgb = np.zeros((40, 60, 3), np.uint8)
-    rgb[:, :30] = COLOR_NAMES["red"]
-    rgb[:, 30:] = COLOR_NAMES["blue"]
-    Image.fromarray(rgb).save(d / "halves.png")
+    Image.fromarray(red_blue_halves(40, 60)).save(d / "halves.png")
     out = tmp_path / "out"
     assert run_demo(config_file, "--input", str(d), "--vocabulary", "red, blue|navy, gray", "--output", str(out)) == 0
     index = np.asarray(Image.open(out / "labels" / "halves.png"))

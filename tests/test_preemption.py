@@ -26,18 +26,17 @@ def catches(pid: int, signum: int) -> bool:
     return bool(mask >> (signum - 1) & 1)
 
 
-@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc to see the signal handler")
-@pytest.mark.parametrize("signum", [signal.SIGTERM])
-def test_signal_saves_the_current_iteration_and_resume_continues_there(tmp_path, signum):
-    log = tmp_path / "train.log"
+def train_until_signalled(tmp_path, log, extra_args, ready, signum=signal.SIGTERM) -> str:
+    """Start train_net.py (quickstart, endless), wait until ``ready(pid)``, let a few iterations run, send
+    ``signum`` to the started process and return its log once it has exited cleanly."""
     with open(log, "w") as f:
         proc = subprocess.Popen(
-            [sys.executable, "train_net.py", "--config-file", "configs/quickstart.yaml", "OUTPUT_DIR", str(tmp_path),
-             "SOLVER.MAX_ITER", "100000", "SOLVER.CHECKPOINT_PERIOD", "100000", *FAST],
+            [sys.executable, "train_net.py", "--config-file", "configs/quickstart.yaml", *extra_args,
+             "OUTPUT_DIR", str(tmp_path), "SOLVER.MAX_ITER", "100000", "SOLVER.CHECKPOINT_PERIOD", "100000", *FAST],
             cwd=REPO, env=env(), stdout=f, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 600
-        while not catches(proc.pid, signum):  # training has started: the hook's handler is installed
+        while not ready(proc.pid):
             assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
             time.sleep(0.2)
         time.sleep(1.0)  # let a few iterations run
@@ -46,7 +45,15 @@ def test_signal_saves_the_current_iteration_and_resume_continues_there(tmp_path,
     finally:
         if proc.poll() is None:
             proc.kill()
-    text = log.read_text()
+    return log.read_text()
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc to see the signal handler")
+@pytest.mark.parametrize("signum", [signal.SIGTERM])
+def test_signal_saves_the_current_iteration_and_resume_continues_there(tmp_path, signum):
+    log = tmp_path / "train.log"
+    # training has started when the hook's handler is installed
+    text = train_until_signalled(tmp_path, log, [], lambda pid: catches(pid, signum), signum)
     match = re.search(rf"Preempted \({signal.Signals(signum).name}\) after iteration (\d+): saved (model_\d+)\.pth", text)
     assert match, text[-3000:]
     assert "Traceback" not in text and "Exception during training" not in text
@@ -78,23 +85,9 @@ def workers(pid: int):
 def test_sigterm_to_the_launcher_of_two_processes_checkpoints_once(tmp_path):
     """--num-gpus 2 on the CPU: the launcher passes SIGTERM on; both ranks stop after the same step."""
     log = tmp_path / "train.log"
-    with open(log, "w") as f:
-        proc = subprocess.Popen(
-            [sys.executable, "train_net.py", "--config-file", "configs/quickstart.yaml", "--num-gpus", "2",
-             "OUTPUT_DIR", str(tmp_path), "SOLVER.MAX_ITER", "100000", "SOLVER.CHECKPOINT_PERIOD", "100000", *FAST],
-            cwd=REPO, env=env(), stdout=f, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 600
-        while not (len(workers(proc.pid)) == 2 and all(catches(c, signal.SIGTERM) for c in workers(proc.pid))):
-            assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
-            time.sleep(0.2)
-        time.sleep(1.0)
-        proc.send_signal(signal.SIGTERM)  # the launcher only
-        assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    text = log.read_text()
+    text = train_until_signalled(  # the signal goes to the launcher only
+        tmp_path, log, ["--num-gpus", "2"],
+        lambda pid: len(workers(pid)) == 2 and all(catches(c, signal.SIGTERM) for c in workers(pid)))
     stops = re.findall(r"Preempted \((SIGTERM|a signal on another rank)\) after iteration (\d+)", text)
     assert stops and len({it for _, it in stops}) == 1, text[-3000:]
     saved = sorted(p.name for p in tmp_path.glob("model_*.pth"))
