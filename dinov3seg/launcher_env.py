@@ -79,15 +79,16 @@ def expand_slurm_nodelist(nodelist: str) -> List[str]:
     """SLURM's compressed host list as host names, in order:
     ``"gpu[01-03,07],cpu5"`` -> ``["gpu01", "gpu02", "gpu03", "gpu07", "cpu5"]`` (zero padding kept; several
     bracket groups in one name, ``"r[1-2]n[1-2]"``, expand to every combination)."""
+    patterns = re.findall(r"(?:[^,\[\]]|\[[^\[\]]*\])+", nodelist)  # commas outside brackets separate names
+    if not patterns or ",".join(patterns) != nodelist:
+        raise ValueError(f"cannot read the SLURM node list {nodelist!r}")
     hosts = []
-    for pattern in re.findall(r"(?:[^,\[]|\[[^\]]*\])+", nodelist):  # commas outside brackets separate names
+    for pattern in patterns:
         names = [""]
-        for literal, ranges in re.findall(r"([^\[]*)(?:\[([^\]]*)\])?", pattern):
-            suffixes = _expand_ranges(ranges, nodelist) if ranges else [""]
+        for literal, ranges in re.findall(r"([^\[]*)(\[[^\]]*\])?", pattern):
+            suffixes = _expand_ranges(ranges[1:-1], nodelist) if ranges else [""]
             names = [name + literal + suffix for name in names for suffix in suffixes]
         hosts.extend(names)
-    if not hosts or "" in hosts:
-        raise ValueError(f"cannot read the SLURM node list {nodelist!r}")
     return hosts
 
 

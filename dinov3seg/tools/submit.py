@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config-file", required=True, help="training config, e.g. configs/vitl_384.yaml")
     parser.add_argument("--nodes", type=int, default=1, help="machines (default 1)")
     parser.add_argument("--gpus-per-node", type=int, default=1,
-                        help="GPUs per machine = training processes per machine; 0 = one CPU process (default 1)")
+                        help="GPUs per machine = training processes per machine (default 1); with MODEL.DEVICE cpu "
+                             "no GPU is requested and the processes run on the CPU")
     parser.add_argument("--partition", help="SLURM partition (default: the cluster's)")
     parser.add_argument("--time", type=parse_time, default=parse_time("24:00:00"),
                         help="time limit of one run, HH:MM:SS (default 24:00:00); a timed-out run is requeued")
@@ -66,15 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def make_executor(args, folder: Path, tasks_per_node: int, nodes: int):
-    """A submitit executor for ``nodes`` x ``tasks_per_node`` tasks, with the requested resources."""
+def make_executor(args, folder: Path, tasks_per_node: int, nodes: int, gpus: int):
+    """A submitit executor for ``nodes`` x ``tasks_per_node`` tasks with ``gpus`` GPUs per node."""
     import submitit
 
     cluster = args.cluster or ("slurm" if shutil.which("sbatch") else None)
     if cluster is None:
         raise ConfigError("--cluster: no sbatch on this machine: submit from a SLURM login node, or pass "
                           "--cluster local to run the job here")
-    gpus = args.gpus_per_node if args.gpus_per_node > 0 else 0
     if cluster == "local":
         if nodes > 1:
             raise ConfigError(f"--nodes {nodes}: --cluster local runs on this machine only (--nodes 1)")
@@ -93,24 +93,22 @@ def make_executor(args, folder: Path, tasks_per_node: int, nodes: int):
 
 def submit(args):
     """Read the config, build the job and the executor, submit; returns the submitit job."""
-    if args.nodes < 1 or args.gpus_per_node < 0:
-        raise ConfigError(f"--nodes {args.nodes} --gpus-per-node {args.gpus_per_node}: need at least one node and "
-                          "zero or more GPUs")
+    if args.nodes < 1 or args.gpus_per_node < 1:
+        raise ConfigError(f"--nodes {args.nodes} --gpus-per-node {args.gpus_per_node}: both must be at least 1")
     cfg = load_config(args.config_file, args.opts)
+    gpus = 0 if cfg.MODEL.DEVICE == "cpu" else args.gpus_per_node
     out_dir = Path(cfg.OUTPUT_DIR).resolve()
     folder = Path(args.job_dir or out_dir / "submitit").resolve() / "%j"
     config = str(Path(args.config_file).resolve())
     if args.eval:
         if args.nodes != 1:
             raise ConfigError(f"--nodes {args.nodes} with --eval: eval.sh runs on one node (--nodes 1)")
-        job = EvalJob(config, args.gpus_per_node, str(out_dir), args.opts)
-        executor = make_executor(args, folder, tasks_per_node=1, nodes=1)
+        job = EvalJob(config, gpus, str(out_dir), args.opts)  # eval.sh: 0 GPUs = on the CPU
+        executor = make_executor(args, folder, tasks_per_node=1, nodes=1, gpus=gpus)
     else:
-        argv = ["--config-file", config, *(["--resume"] if args.resume else []), "OUTPUT_DIR", str(out_dir), *args.opts]
-        if args.gpus_per_node == 0:
-            argv += ["MODEL.DEVICE", "cpu"]
+        argv = ["--config-file", config, *(["--resume"] if args.resume else []), *args.opts, "OUTPUT_DIR", str(out_dir)]
         job = TrainNetJob(argv)
-        executor = make_executor(args, folder, tasks_per_node=max(1, args.gpus_per_node), nodes=args.nodes)
+        executor = make_executor(args, folder, tasks_per_node=args.gpus_per_node, nodes=args.nodes, gpus=gpus)
     return executor.submit(job)
 
 
