@@ -25,7 +25,7 @@ from detectron2.utils.logger import setup_logger
 from dinov3seg.config import load_config
 from dinov3seg.checkpoint import DINOv3SegCheckpointer
 from dinov3seg.data import SemSegDatasetMapper, load_class_names
-from dinov3seg.engine import launch
+from dinov3seg.engine import images_per_process, launch
 from dinov3seg.errors import InputErrorTracebackFilter, exit_on_input_error
 from dinov3seg.evaluation import build_evaluator
 from dinov3seg.modeling.meta_arch_common import is_training_free
@@ -54,6 +54,7 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
+        images_per_process(cfg.SOLVER.IMS_PER_BATCH, comm.get_world_size())  # a split that fails: one line
         return build_detection_train_loader(cfg, mapper=SemSegDatasetMapper(cfg, is_train=True))
 
     @classmethod

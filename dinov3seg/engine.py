@@ -79,6 +79,17 @@ def _cpu_worker(local_rank, main_func, world_size, num_per_machine, machine_rank
     main_func(*args)
 
 
+def images_per_process(total_batch: int, world_size: int) -> int:
+    """SOLVER.IMS_PER_BATCH is the batch of one iteration over all processes; each loads its share."""
+    if total_batch % world_size:
+        splits = [n for n in range(1, total_batch + 1) if total_batch % n == 0]
+        raise ConfigError(
+            f"SOLVER.IMS_PER_BATCH {total_batch} (the batch of one iteration, over all processes) does not split "
+            f"over {world_size} processes: run {', '.join(map(str, splits))} processes for this batch, or set "
+            f"SOLVER.IMS_PER_BATCH to a multiple of {world_size} (a different recipe; docs/distributed.md)")
+    return total_batch // world_size
+
+
 def _share_cpu_threads(processes_per_machine: int) -> None:
     """N processes with all threads each oversubscribe the CPU and crawl: give each its share of the cores,
     unless OMP_NUM_THREADS says how many (torchrun sets 1)."""
