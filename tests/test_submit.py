@@ -120,8 +120,8 @@ def test_a_preempted_job_is_requeued_and_resumes_where_it_stopped(tmp_path, unin
     assert torch.load(tmp_path / "model_final.pth", weights_only=True)["iteration"] == MAX_ITER - 1
     # as many steps as the uninterrupted run: the LR schedule and the optimizer's step counts end the same
     last, expected = checkpoint(tmp_path, MAX_ITER - 1), checkpoint(reference_out, MAX_ITER - 1)
-    assert_equal(last["scheduler"], expected["scheduler"])
-    steps = [[state["step"] for state in c["optimizer"]["state"].values()] for c in (last, expected)]
+    assert_equal(last["trainer"]["hooks"]["LRScheduler"], expected["trainer"]["hooks"]["LRScheduler"])
+    steps = [[s["step"] for s in c["trainer"]["_trainer"]["optimizer"]["state"].values()] for c in (last, expected)]
     assert_equal(*steps)
     assert int(steps[0][0]) == MAX_ITER
     assert sorted(p.name for p in tmp_path.glob("model_0*.pth")) == [f"model_{i:07d}.pth" for i in range(MAX_ITER)]
