@@ -153,3 +153,30 @@ def test_the_job_asks_submitit_to_requeue_itself_with_resume():
     requeued = job.checkpoint()
     assert requeued.function.argv == ["--resume", "--config-file", "c.yaml", "OUTPUT_DIR", "out"]
     assert requeued.function.checkpoint().function.argv == requeued.function.argv  # once is enough
+
+
+def test_slurm_submission_runs_one_task_per_gpu_and_signals_before_the_time_limit(tmp_path, monkeypatch, capsys):
+    """Stand-ins for sbatch and srun: the script submitit writes asks for the resources, the pickled job is
+    train_net.py with the config, the overrides and the absolute OUTPUT_DIR."""
+    import submitit
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" "{tmp_path}/script.sh"\necho "Submitted batch job 4242"\n')
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")  # submitit looks for it; the job never runs here
+    for tool in ("sbatch", "srun"):
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.chdir(REPO)
+    assert main(["--config-file", "configs/vitl_384.yaml", "--nodes", "2", "--gpus-per-node", "4", "--partition",
+                 "learn", "--time", "72:00:00", "--job-dir", str(tmp_path / "jobs"),
+                 "--opts", "SOLVER.MAX_ITER", "100", "OUTPUT_DIR", "output/run2"]) == 0
+    assert "Submitted job 4242" in capsys.readouterr().out
+    script = (tmp_path / "script.sh").read_text()
+    for line in ("--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4", "--partition=learn", "--time=4320",
+                 "--signal=USR2@120", "--cpus-per-task=8", "--job-name=dinov3seg"):
+        assert f"#SBATCH {line}\n" in script, script
+    assert "srun " in script and "submitit.core._submit" in script
+    job = submitit.helpers.DelayedSubmission.load(tmp_path / "jobs" / "4242" / "4242_submitted.pkl").function
+    assert job.argv == ["--config-file", str(REPO / "configs/vitl_384.yaml"), "SOLVER.MAX_ITER", "100", "OUTPUT_DIR",
+                        "output/run2", "OUTPUT_DIR", str(REPO / "output/run2")]
