@@ -25,6 +25,8 @@ import traceback
 
 from torch.multiprocessing import ProcessExitedException
 
+from .launcher_env import process_rank
+
 __all__ = ["InputError", "ConfigError", "DataError", "VocabularyError", "INPUT_ERROR_EXIT_CODE", "TRACEBACK_ENV",
            "is_input_error", "mark_input_error", "error_message", "exit_on_input_error", "InputErrorTracebackFilter"]
 
@@ -103,7 +105,7 @@ def exit_on_input_error(prog: str, show_traceback: bool = False):
         if not is_input_error(err):
             raise
         line = f"{prog}: error: {error_message(err)}"
-        rank = _process_rank()
+        rank = process_rank()
         if rank == 0:
             if traceback_requested(show_traceback):
                 traceback.print_exc()
@@ -111,12 +113,6 @@ def exit_on_input_error(prog: str, show_traceback: bool = False):
         else:
             _log_to_own_file(rank, line, show_traceback)
         raise SystemExit(INPUT_ERROR_EXIT_CODE) from None
-
-
-def _process_rank() -> int:
-    from .launcher_env import process_rank  # not at the top: launcher_env is imported by modules we precede
-
-    return process_rank()
 
 
 def _log_to_own_file(rank: int, line: str, show_traceback: bool) -> None:

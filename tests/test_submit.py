@@ -180,3 +180,12 @@ def test_slurm_submission_runs_one_task_per_gpu_and_signals_before_the_time_limi
     job = submitit.helpers.DelayedSubmission.load(tmp_path / "jobs" / "4242" / "4242_submitted.pkl").function
     assert job.argv == ["--config-file", str(REPO / "configs/vitl_384.yaml"), "SOLVER.MAX_ITER", "100", "OUTPUT_DIR",
                         "output/run2", "OUTPUT_DIR", str(REPO / "output/run2")]
+
+
+def test_training_in_a_submitit_job_also_stops_on_submitits_signal():
+    from dinov3seg.preemption import preemption_signals
+
+    assert preemption_signals({}) == (signal.SIGTERM, signal.SIGUSR1)
+    assert preemption_signals({"SUBMITIT_EXECUTOR": "slurm"}) == (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+    assert preemption_signals({"SUBMITIT_EXECUTOR": "local", "SUBMITIT_PREEMPT_SIGNAL": "USR1"}) == (
+        signal.SIGTERM, signal.SIGUSR1)
