@@ -38,7 +38,10 @@ device=()
 gpus=$ngpus
 if [ "$ngpus" = "0" ]; then gpus=1; device=(MODEL.DEVICE cpu); fi
 rank=0   # an srun step of several tasks: this task's rank (train_net.py joins the step's process group)
-if [ -n "${SLURM_STEP_ID:-}" ] && [ "${SLURM_NTASKS:-1}" -gt 1 ] && [ -z "${RANK:-}" ]; then rank=$SLURM_PROCID; gpus=1; fi
+step=${SLURM_STEP_ID:-}   # an srun step has one below SLURM's special ids (batch script, interactive shell)
+if [[ "$step" =~ ^[0-9]+$ ]] && [ "$step" -lt 4294967280 ] && [ "${SLURM_NTASKS:-1}" -gt 1 ] && [ -z "${RANK:-}" ]; then
+  rank=$SLURM_PROCID; gpus=1
+fi
 if [ ! -f "$config" ]; then echo "eval.sh: config '$config' not found" >&2; exit 2; fi
 # A training-free model (configs/dinotxt_zeroshot.yaml) has no checkpoint; the table then shows its own
 # published figures (e.g. Meta's ADE-150 24.7 for the dinov3.txt recipe) beside ours.

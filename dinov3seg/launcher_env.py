@@ -4,7 +4,8 @@
 SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, SLURM_NODEID and SLURM_JOB_NODELIST; the rendezvous address is then
 the first host of the node list and the port is MASTER_PORT if set, else derived from SLURM_JOB_ID, so every
 task of a job computes the same one. torchrun's variables win when both are present (torchrun inside srun).
-A batch script (``sbatch``) also sees SLURM_NTASKS but is no srun step (no SLURM_STEP_ID): it is not a launch.
+A batch script (``sbatch``) also sees SLURM_NTASKS but is no srun step (no SLURM_STEP_ID, or SLURM's special id
+of the batch step): it is not a launch.
 """
 import os
 import re
@@ -104,8 +105,13 @@ def _expand_ranges(ranges: str, nodelist: str) -> List[str]:
     return out
 
 
+SLURM_SPECIAL_STEPS = 0xFFFFFFF0  # step ids from here up: the batch script, an interactive shell, extern
+
+
 def _is_srun_step(environ: Mapping[str, str]) -> bool:
-    return any(k in environ for k in ("SLURM_STEP_ID", "SLURM_STEPID"))
+    """An srun step has a step id; the batch script has none, or one of SLURM's special ids."""
+    step = environ.get("SLURM_STEP_ID", environ.get("SLURM_STEPID", ""))
+    return step.isdigit() and int(step) < SLURM_SPECIAL_STEPS
 
 
 def _hostname() -> str:

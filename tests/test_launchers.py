@@ -153,6 +153,7 @@ def test_launcher_env_reads_torchrun_then_srun():
     assert launcher_env({**srun, "MASTER_PORT": "1234"}).master_port == 1234
     batch_script = {k: v for k, v in srun.items() if k != "SLURM_STEP_ID"}  # sbatch's shell: no srun step
     assert launcher_env(batch_script) is None
+    assert launcher_env({**srun, "SLURM_STEP_ID": str(0xFFFFFFFB)}) is None  # SLURM's id of the batch step
     assert launcher_env({**srun, "SLURM_NTASKS": "1", "SLURM_PROCID": "0"}) is None  # one task: nothing to join
     assert launcher_env({}) is None
     with pytest.raises(ValueError, match="rank 4 outside a world of 4"):
