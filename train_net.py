@@ -3,11 +3,13 @@
 
     python train_net.py --config-file configs/vitl_384.yaml --num-gpus 4
     python train_net.py --config-file configs/vitl_384.yaml --eval-only MODEL.WEIGHTS out/model_final.pth
-Multi-node: add --num-machines N --machine-rank R --dist-url tcp://HOST:PORT.
+Multi-node: add --num-machines N --machine-rank R --dist-url tcp://HOST:PORT, or start one process per GPU
+with torchrun or srun (no --num-gpus then: the process group comes from their environment), or submit with
+python -m dinov3seg.tools.submit (docs/distributed.md).
 Preemption: on SIGTERM or SIGUSR1 training saves a checkpoint after the current iteration and exits with
-status 0; rerun the same command with --resume to continue from there.
-Errors in the input (config, weights, data, vocabulary) end in one line and exit status 2; --traceback (or
-DINOV3SEG_TRACEBACK=1) prints their traceback too. Other errors always show their traceback.
+status 0; rerun the same command with --resume to continue from there (a submitit job is requeued).
+Errors in the input (config, weights, data, vocabulary) end in one line (from rank 0) and exit status 2;
+--traceback (or DINOV3SEG_TRACEBACK=1) prints their traceback too. Other errors always show their traceback.
 """
 import json
 import logging
@@ -20,14 +22,15 @@ from detectron2.data import build_detection_test_loader, build_detection_train_l
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils.logger import setup_logger
-from dinov3seg import get_dinov3seg_cfg
+from dinov3seg.config import load_config
 from dinov3seg.checkpoint import DINOv3SegCheckpointer
 from dinov3seg.data import SemSegDatasetMapper, load_class_names
-from dinov3seg.engine import launch
-from dinov3seg.errors import ConfigError, InputErrorTracebackFilter, exit_on_input_error
+from dinov3seg.engine import images_per_process, launch
+from dinov3seg.errors import InputErrorTracebackFilter, exit_on_input_error
 from dinov3seg.evaluation import build_evaluator
 from dinov3seg.modeling.meta_arch_common import is_training_free
-from dinov3seg.preemption import PreemptionCheckpointer, TrainingPreempted, forward_signals_to_workers
+from dinov3seg.preemption import (PreemptionCheckpointer, TrainingPreempted, forward_signals_to_workers,
+                                  requeue_submitit_job)
 from dinov3seg.solver import build_optimizer
 
 
@@ -46,10 +49,12 @@ class Trainer(DefaultTrainer):
         try:
             return super().train()
         except TrainingPreempted:  # checkpoint saved and logged; --resume continues from it
+            requeue_submitit_job()  # in a submitit job: requeued with --resume (rank 0 exits here)
             return None
 
     @classmethod
     def build_train_loader(cls, cfg):
+        images_per_process(cfg.SOLVER.IMS_PER_BATCH, comm.get_world_size())  # a split that fails: one line
         return build_detection_train_loader(cfg, mapper=SemSegDatasetMapper(cfg, is_train=True))
 
     @classmethod
@@ -80,11 +85,7 @@ class Trainer(DefaultTrainer):
 
 
 def setup(args):
-    try:
-        cfg = get_dinov3seg_cfg(args.config_file, args.opts)
-    except (KeyError, ValueError, AssertionError) as err:  # yacs: unknown key, wrong type, odd override list
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        raise ConfigError(f"--config-file {args.config_file} with overrides {args.opts}: {message}") from err
+    cfg = load_config(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="dinov3seg")

@@ -12,6 +12,18 @@ def get_dinov3seg_cfg(config_file: str, opts=()):
     return cfg
 
 
+def load_config(config_file: str, opts=()):
+    """:func:`get_dinov3seg_cfg` for command-line tools: a file or override yacs cannot merge (unknown key,
+    wrong type, odd override list) is a :class:`~dinov3seg.errors.ConfigError` naming both."""
+    from .errors import ConfigError
+
+    try:
+        return get_dinov3seg_cfg(config_file, opts)
+    except (KeyError, ValueError, AssertionError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        raise ConfigError(f"--config-file {config_file} with overrides {list(opts)}: {message}") from err
+
+
 def add_dinov3seg_config(cfg):
     """Add the dinov3seg keys to a Detectron2 config (in place)."""
     cfg.MODEL.META_ARCHITECTURE = "DINOv3Seg"

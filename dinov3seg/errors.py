@@ -12,6 +12,9 @@ a bug or an environment fault and keeps its full traceback. What counts as input
 * Detectron2's ``KeyError`` for a dataset name that is not registered.
 
 Set ``DINOV3SEG_TRACEBACK=1`` (or pass ``--traceback`` to train_net.py) to print the traceback as well.
+
+In a job of several processes only rank 0 prints the line; the other ranks write it to their own log file
+(Detectron2's ``log.txt.rank<N>`` in OUTPUT_DIR, once it is open) and exit with the same status.
 """
 import contextlib
 import logging
@@ -21,6 +24,8 @@ import sys
 import traceback
 
 from torch.multiprocessing import ProcessExitedException
+
+from .launcher_env import process_rank
 
 __all__ = ["InputError", "ConfigError", "DataError", "VocabularyError", "INPUT_ERROR_EXIT_CODE", "TRACEBACK_ENV",
            "is_input_error", "mark_input_error", "error_message", "exit_on_input_error", "InputErrorTracebackFilter"]
@@ -86,9 +91,10 @@ def traceback_requested(flag: bool = False) -> bool:
 
 @contextlib.contextmanager
 def exit_on_input_error(prog: str, show_traceback: bool = False):
-    """Turn an input error raised inside the block into ``prog: error: <message>`` on stderr and
-    ``SystemExit(2)``; other errors propagate with their traceback. A worker process that exited with
-    status 2 (it has printed its line already) ends the launcher with status 2 too."""
+    """Turn an input error raised inside the block into ``prog: error: <message>`` on stderr (rank 0; the
+    other ranks' own log, see the module doc) and ``SystemExit(2)``; other errors propagate with their
+    traceback. A worker process that exited with status 2 (it has reported already) ends the launcher with
+    status 2 too."""
     try:
         yield
     except ProcessExitedException as err:
@@ -98,10 +104,27 @@ def exit_on_input_error(prog: str, show_traceback: bool = False):
     except Exception as err:
         if not is_input_error(err):
             raise
-        if traceback_requested(show_traceback):
-            traceback.print_exc()
-        print(f"{prog}: error: {error_message(err)}", file=sys.stderr, flush=True)
+        line = f"{prog}: error: {error_message(err)}"
+        rank = process_rank()
+        if rank == 0:
+            if traceback_requested(show_traceback):
+                traceback.print_exc()
+            print(line, file=sys.stderr, flush=True)
+        else:
+            _log_to_own_file(rank, line, show_traceback)
         raise SystemExit(INPUT_ERROR_EXIT_CODE) from None
+
+
+def _log_to_own_file(rank: int, line: str, show_traceback: bool) -> None:
+    """Rank > 0: the error goes to this rank's log file only (rank 0 prints it for the job). Before that file
+    exists (a config that cannot be read) there is nothing to write to: every rank meets such an error."""
+    logger = logging.getLogger("dinov3seg")  # train_net.py's setup gives it the file (Detectron2's setup_logger)
+    to_files = [h for h in logger.handlers if getattr(h, "stream", None) not in (sys.stdout, sys.stderr)]
+    if to_files:
+        record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, f"rank {rank}: {line}", None,
+                                   sys.exc_info() if traceback_requested(show_traceback) else None)
+        for handler in to_files:
+            handler.handle(record)
 
 
 class InputErrorTracebackFilter(logging.Filter):

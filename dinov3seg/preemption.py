@@ -8,6 +8,9 @@ the save, and training ends by raising :class:`TrainingPreempted`, which ``train
 with status 0. ``--resume`` then continues from the next iteration, exactly where the run stopped.
 With several processes per machine, :func:`forward_signals_to_workers` makes the launching process pass
 the signal on to its training processes, so a signal sent to the launcher alone is not lost.
+In a submitit job (``python -m dinov3seg.tools.submit``) the hook also catches submitit's own preemption /
+timeout signal (USR2 unless SUBMITIT_PREEMPT_SIGNAL says otherwise), and after the save
+:func:`requeue_submitit_job` hands over to submitit, which requeues the job to continue with ``--resume``.
 """
 import logging
 import multiprocessing
@@ -19,7 +22,8 @@ import torch
 import torch.distributed as dist
 from detectron2.engine import HookBase
 
-__all__ = ["PREEMPTION_SIGNALS", "PreemptionCheckpointer", "TrainingPreempted", "forward_signals_to_workers"]
+__all__ = ["PREEMPTION_SIGNALS", "PreemptionCheckpointer", "TrainingPreempted", "forward_signals_to_workers",
+           "preemption_signals", "requeue_submitit_job"]
 
 PREEMPTION_SIGNALS = tuple(s for s in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)) if s is not None)
 
@@ -37,9 +41,9 @@ class PreemptionCheckpointer(HookBase):
     Must be the last hook, so the checkpoint holds the state every other hook left after the step.
     """
 
-    def __init__(self, checkpointer, signals=PREEMPTION_SIGNALS):
+    def __init__(self, checkpointer, signals=None):
         self.checkpointer = checkpointer
-        self.signals = tuple(signals)
+        self.signals = tuple(preemption_signals() if signals is None else signals)
         self.received = None  # name of the first signal received
         self._previous_handlers = {}
 
@@ -95,3 +99,31 @@ def forward_signals_to_workers(signals=PREEMPTION_SIGNALS) -> None:
 
     for s in signals:
         signal.signal(s, forward)
+
+
+def submitit_signal(environ=None):
+    """The signal submitit sends a job before a timeout or preemption (SUBMITIT_PREEMPT_SIGNAL, default
+    USR2), or None outside a submitit job."""
+    environ = os.environ if environ is None else environ
+    if not environ.get("SUBMITIT_EXECUTOR"):
+        return None
+    return getattr(signal, "SIG" + environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), None)
+
+
+def preemption_signals(environ=None) -> tuple:
+    """SIGTERM and SIGUSR1, and in a submitit job submitit's signal too."""
+    extra = submitit_signal(environ)
+    return PREEMPTION_SIGNALS + ((extra,) if extra is not None and extra not in PREEMPTION_SIGNALS else ())
+
+
+def requeue_submitit_job() -> None:
+    """After a preemption stop in a submitit job: on rank 0, run the handler submitit installed for its
+    signal, which calls the job's ``checkpoint()`` (the same job with ``--resume``), requeues it and exits
+    the process. Elsewhere (other ranks, no submitit) it does nothing: the caller returns as usual."""
+    signum = submitit_signal()
+    if signum is None or not comm.is_main_process():
+        return
+    handler = signal.getsignal(signum)
+    if type(getattr(handler, "__self__", None)).__module__.startswith("submitit."):
+        logger.warning("Handing over to submitit to requeue this job.")
+        handler(signum, None)
