@@ -40,11 +40,11 @@ from tqdm import tqdm  # noqa: E402
 from dinov3seg.config import add_dinov3seg_config  # noqa: E402
 from dinov3seg.data.datasets import read_class_file  # noqa: E402
 from dinov3seg.errors import exit_on_input_error  # noqa: E402
-from dinov3seg.data.vocabulary import validate_vocabulary  # noqa: E402
+from dinov3seg.data.vocabulary import check_user_vocabulary, validate_vocabulary  # noqa: E402
+from dinov3seg.data.vocabulary import parse_vocabulary as parse_vocabulary_text  # noqa: E402
 from dinov3seg.inference.predictor import read_image_rgb  # noqa: E402
 from dinov3seg.inference.segmenter import KNOWN_VOCABULARIES, Segmenter  # noqa: E402
 from dinov3seg.inference.visualize import draw_result, save_label_image, shares_record  # noqa: E402
-from dinov3seg.modeling.text_embeddings import split_synonyms  # noqa: E402
 
 logger = logging.getLogger("dinov3seg.demo")
 
@@ -96,35 +96,18 @@ def setup_cfg(args):
 
 
 def _check_user_vocabulary(names: List[str], source: str, shared_synonyms_ok: bool = False) -> List[str]:
-    """Refuse empty or duplicate names; a synonym shared by two classes is refused too, or only
-    warned about with ``shared_synonyms_ok`` (benchmark lists such as ADE-847 have some)."""
-    if not names:
-        raise DemoError(f"{source} is empty: give at least one class name")
     try:
-        validate_vocabulary(names, source)
+        return check_user_vocabulary(names, source, shared_synonyms_ok)
     except ValueError as e:
         raise DemoError(str(e)) from None
-    owner: Dict[str, str] = {}
-    for name in names:
-        for synonym in split_synonyms(name):
-            key = synonym.lower()
-            if key in owner and owner[key] != name:
-                message = f"{source}: '{synonym}' is in two classes ('{owner[key]}' and '{name}')"
-                if not shared_synonyms_ok:
-                    raise DemoError(f"{message}; each name may appear in one class only")
-                logger.warning(message)
-            owner[key] = name
-    return names
 
 
 def parse_vocabulary(text: str) -> List[str]:
     """'cat, dog|puppy, grass' -> ['cat', 'dog, puppy', 'grass']."""
-    classes = []
-    for entry in text.split(","):
-        synonyms = [s.strip() for s in entry.split("|") if s.strip()]
-        if synonyms:
-            classes.append(", ".join(synonyms))
-    return _check_user_vocabulary(classes, "--vocabulary")
+    try:
+        return parse_vocabulary_text(text, "--vocabulary")
+    except ValueError as e:
+        raise DemoError(str(e)) from None
 
 
 def read_vocabulary_file(path: str) -> List[str]:
