@@ -287,3 +287,34 @@ def test_real_text_tower_and_tokenizer():
     ids = tokenizer_mod.build_tokenizer()(["A photo of a cat in the scene"], context_length=77)
     torch.testing.assert_close(out[0, 0], F.normalize(tower(ids), dim=-1)[0])
     assert e(["cat", "sofa, couch", "traffic light"]) is out
+
+
+def test_encode_vocabulary_tool(tmp_path, monkeypatch, capsys):
+    """python -m dinov3seg.tools.encode_vocabulary fills the disk cache; a model with the same text weights
+    and templates then encodes nothing."""
+    import numpy as np
+
+    from dinov3seg import Segmenter
+    from dinov3seg.tools import encode_vocabulary
+
+    monkeypatch.setenv("DINOV3SEG_CACHE_DIR", str(tmp_path / "cache"))
+    mine = tmp_path / "mine.txt"
+    mine.write_text("grass\nsofa, couch\nsky\n")
+    args = ["voc20", str(mine), "--config-file", "quickstart", "--opts", "MODEL.DEVICE", "cpu"]
+    torch.manual_seed(0)  # the quickstart's text tower is random: the seed makes it the same each time
+    assert encode_vocabulary.main(args) == 0
+    out = capsys.readouterr().out
+    assert "voc20: 20 classes, 20 encoded, 0 already on disk" in out and f"{mine}: 3 classes, 3 encoded" in out
+    assert len(list((tmp_path / "cache").rglob("*.pt"))) == 23
+    torch.manual_seed(0)
+    assert encode_vocabulary.main(args) == 0
+    assert "voc20: 20 classes, 0 encoded, 20 already on disk" in capsys.readouterr().out
+
+    torch.manual_seed(0)
+    segmenter = Segmenter("quickstart", device="cpu")
+    segmenter(np.zeros((40, 40, 3), np.uint8), ["sky", "sofa, couch"])
+    embedder = segmenter.model.text_embedder
+    assert embedder.num_encoded_classes == 0 and embedder.num_disk_hits == 2
+    with pytest.raises(SystemExit) as exit_info:
+        encode_vocabulary.main(["klingon", "--config-file", "quickstart"])
+    assert exit_info.value.code == 2 and "unknown vocabulary 'klingon'" in capsys.readouterr().err

@@ -120,6 +120,9 @@ class VocabularyPredictor:
                 _load_checkpoint(model, self.cfg.MODEL.WEIGHTS)
             elif not getattr(model, "TRAINING_FREE", False):
                 logger.warning("MODEL.WEIGHTS is empty: the segmentation head is untrained (random).")
+            # Inference only: nothing here trains, so even a tuned text tower is frozen (its embeddings can then
+            # be cached on disk, see TextEmbedder).
+            model.requires_grad_(False)
         self.model = model.eval()
         self.resize = T.ResizeShortestEdge(
             [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
