@@ -41,13 +41,12 @@ from dinov3seg.inference.visualize import (display_names, draw_result, legend_co
 VOCABULARY_BUTTONS = {"ADE-150": "ade150", "COCO-Stuff-171": "coco_stuff", "PC-59": "pc59", "VOC-20": "voc20"}
 
 
-class UploadedImage(gr.Image):
-    """gr.Image that hands the uploaded file over undecoded: the app reads it and explains what is wrong."""
-
-    is_template = True  # drawn by gr.Image's frontend
-
-    def preprocess(self, payload):
-        return payload.path if payload is not None and payload.path else super().preprocess(payload)
+def undecoded(image: gr.Image) -> gr.Image:
+    """``image`` hands the uploaded file over as it is: the app reads it, and says what is wrong with it. (An
+    instance attribute, not a subclass: Gradio writes a stub file beside any module that subclasses a component.)"""
+    decode = image.preprocess
+    image.preprocess = lambda payload: payload.path if payload is not None and payload.path else decode(payload)
+    return image
 
 
 class SegmentationApp:
@@ -66,7 +65,7 @@ class SegmentationApp:
             with Image.open(path) as img:
                 size, mode = img.size, img.mode
             rgb = read_image_rgb(path, self.max_side)
-        except Exception as e:  # not an image, truncated, a decompression bomb
+        except (OSError, ValueError, Image.DecompressionBombError) as e:  # not an image, truncated, too large
             raise gr.Error(f"'{name}' cannot be read as an image: {str(e).replace(path, name)}") from None
         notes = [] if mode == "RGB" else [f"converted from Pillow mode {mode} to 8-bit RGB"]
         if rgb.shape[1] != size[0]:
@@ -143,8 +142,8 @@ def build_page(app: SegmentationApp, examples) -> gr.Blocks:
         gr.Markdown("# dinov3seg: open-vocabulary segmentation\nDrop a photo, name the classes, press Segment.")
         with gr.Row():
             with gr.Column():
-                image = UploadedImage(label="Image", type="filepath", image_mode=None, elem_id="image",
-                                      sources=["upload", "clipboard"])
+                image = undecoded(gr.Image(label="Image", type="filepath", image_mode=None, elem_id="image",
+                                           sources=["upload", "clipboard"]))
                 vocabulary = gr.Textbox(label="Vocabulary", elem_id="vocabulary", placeholder="cat, dog|puppy, grass",
                                         info="classes comma-separated; synonyms of one class joined by |")
                 with gr.Row():

@@ -149,7 +149,7 @@ def test_page_in_headless_chromium(server, tmp_path):
     options.binary_location = browser
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                 "--window-size=1400,1100", f"--user-data-dir={tmp_path / 'profile'}"):
+                 "--window-size=1400,1200", f"--user-data-dir={tmp_path / 'profile'}"):
         options.add_argument(flag)
     options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
                                               "download.prompt_for_download": False})
@@ -165,12 +165,6 @@ def test_page_in_headless_chromium(server, tmp_path):
         next(b for b in css("button") if b.text == "VOC-20").click()
         box = css("#vocabulary textarea")[0]
         wait.until(lambda d: box.get_attribute("value") == format_vocabulary(known_vocabulary("voc20")))
-
-        # A bad vocabulary: a message in the page.
-        box.clear()
-        box.send_keys("grass, Grass")
-        css("#segment")[0].click()
-        wait.until(lambda d: "duplicate class names" in d.find_element(By.TAG_NAME, "body").text)
 
         # Upload, type, run, wait for the result.
         Image.fromarray(scene()).save(tmp_path / "scene.png")
@@ -199,11 +193,21 @@ def test_page_in_headless_chromium(server, tmp_path):
         check_record(downloaded, record)
         assert {k: round(100 * v, 2) for k, v in record["pixel_shares"].items()} == table
 
-        next(b for b in css("button[role=tab]") if b.text == "Overlay").click()
-        wait.until(lambda d: css("#overlay img"))
-        screenshot = Path(os.environ.get("DINOV3SEG_APP_SCREENSHOT", tmp_path / "app.png"))
+        screenshot = Path(os.environ.get("DINOV3SEG_APP_SCREENSHOT", tmp_path / "app.png"))  # docs/img/app.png
         driver.save_screenshot(str(screenshot))
         assert Image.open(screenshot).size[0] >= 1000
+        next(b for b in css("button[role=tab]") if b.text == "Overlay").click()
+        wait.until(lambda d: css("#overlay img"))
+
+        # A bad vocabulary: a message in the page, and the page goes on working.
+        box.clear()
+        box.send_keys("grass, Grass")
+        css("#segment")[0].click()
+        wait.until(lambda d: "duplicate class names" in d.find_element(By.TAG_NAME, "body").text)
+        box.clear()
+        box.send_keys("grass, water")
+        css("#segment")[0].click()
+        wait.until(lambda d: "for 2 classes on a 160x120 image" in css("#status")[0].text)
 
         requests = []
         for entry in driver.get_log("performance"):
