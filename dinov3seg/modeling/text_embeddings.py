@@ -340,8 +340,9 @@ class TextEmbedder(nn.Module):
         """Memory-cache key of one class: its synonyms (the prompt text) and the templates."""
         return tuple(split_synonyms(class_name)), tuple(self.templates)
 
-    def _disk_folder(self) -> str:
-        """One folder per (text weights, templates, context length, encoder type)."""
+    def disk_folder(self) -> str:
+        """The disk-cache folder of these text weights and templates (one per weights, templates, context length
+        and encoder type); the files in it are named by the class's synonyms."""
         key = json.dumps({"templates": self.templates, "context_length": self.context_length,
                           "encoder": type(self.text_encoder).__name__, "weights": self.weights_digest()},
                          sort_keys=True)
@@ -407,7 +408,7 @@ class TextEmbedder(nn.Module):
                 self._class_cache.move_to_end(key)
                 found[key] = self._class_cache[key]
         missing = list(dict.fromkeys(k for k in keys if k not in found))
-        folder = self._disk_folder() if missing and self._persistent() else None
+        folder = self.disk_folder() if missing and self._persistent() else None
         if folder is not None:
             width = next(iter(found.values())).shape[-1] if found else 0
             for key in missing:

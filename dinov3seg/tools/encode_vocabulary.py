@@ -55,7 +55,7 @@ def main(argv=None) -> int:
                 embedder(classes)
             print(f"{name}: {len(classes)} classes, {embedder.num_encoded_classes - encoded} encoded, "
                   f"{embedder.num_disk_hits - read} already on disk ({time.perf_counter() - start:.1f} s)")
-        print(f"cache: {embedder._disk_folder()}")
+        print(f"cache: {embedder.disk_folder()}")
     return 0
 
 
