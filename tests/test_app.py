@@ -136,6 +136,7 @@ def find_chromium():
 
 
 def test_page_in_headless_chromium(server, tmp_path):
+    pytest.importorskip("selenium")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
