@@ -34,17 +34,17 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.p
 import dinov3seg  # noqa: E402,F401  (registers the model and datasets)
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
-from PIL import Image, ImageDraw, ImageFont  # noqa: E402
+from PIL import Image  # noqa: E402,F401
 from tqdm import tqdm  # noqa: E402
 
 from dinov3seg.config import add_dinov3seg_config  # noqa: E402
 from dinov3seg.data.datasets import read_class_file  # noqa: E402
 from dinov3seg.errors import exit_on_input_error  # noqa: E402
-from dinov3seg.data.datasets.register_benchmarks import class_colors  # noqa: E402
-from dinov3seg.data.vocabulary import validate_vocabulary  # noqa: E402
+from dinov3seg.data.vocabulary import check_user_vocabulary, validate_vocabulary  # noqa: E402
+from dinov3seg.data.vocabulary import parse_vocabulary as parse_vocabulary_text  # noqa: E402
 from dinov3seg.inference.predictor import read_image_rgb  # noqa: E402
-from dinov3seg.inference.segmenter import KNOWN_VOCABULARIES, Segmentation, Segmenter  # noqa: E402
-from dinov3seg.modeling.text_embeddings import split_synonyms  # noqa: E402
+from dinov3seg.inference.segmenter import KNOWN_VOCABULARIES, Segmenter  # noqa: E402
+from dinov3seg.inference.visualize import draw_result, save_label_image, shares_record  # noqa: E402
 
 logger = logging.getLogger("dinov3seg.demo")
 
@@ -96,35 +96,18 @@ def setup_cfg(args):
 
 
 def _check_user_vocabulary(names: List[str], source: str, shared_synonyms_ok: bool = False) -> List[str]:
-    """Refuse empty or duplicate names; a synonym shared by two classes is refused too, or only
-    warned about with ``shared_synonyms_ok`` (benchmark lists such as ADE-847 have some)."""
-    if not names:
-        raise DemoError(f"{source} is empty: give at least one class name")
     try:
-        validate_vocabulary(names, source)
+        return check_user_vocabulary(names, source, shared_synonyms_ok)
     except ValueError as e:
         raise DemoError(str(e)) from None
-    owner: Dict[str, str] = {}
-    for name in names:
-        for synonym in split_synonyms(name):
-            key = synonym.lower()
-            if key in owner and owner[key] != name:
-                message = f"{source}: '{synonym}' is in two classes ('{owner[key]}' and '{name}')"
-                if not shared_synonyms_ok:
-                    raise DemoError(f"{message}; each name may appear in one class only")
-                logger.warning(message)
-            owner[key] = name
-    return names
 
 
 def parse_vocabulary(text: str) -> List[str]:
     """'cat, dog|puppy, grass' -> ['cat', 'dog, puppy', 'grass']."""
-    classes = []
-    for entry in text.split(","):
-        synonyms = [s.strip() for s in entry.split("|") if s.strip()]
-        if synonyms:
-            classes.append(", ".join(synonyms))
-    return _check_user_vocabulary(classes, "--vocabulary")
+    try:
+        return parse_vocabulary_text(text, "--vocabulary")
+    except ValueError as e:
+        raise DemoError(str(e)) from None
 
 
 def read_vocabulary_file(path: str) -> List[str]:
@@ -177,61 +160,6 @@ def expand_inputs(patterns: Sequence[str]) -> List[str]:
     return unique
 
 
-# ---------------------------------------------------------------------------- drawing
-def _font(size: int):
-    try:
-        import matplotlib
-
-        path = os.path.join(matplotlib.get_data_path(), "fonts", "ttf", "DejaVuSans.ttf")
-        return ImageFont.truetype(path, size)
-    except Exception:  # no matplotlib font: Pillow's small bitmap font
-        return ImageFont.load_default()
-
-
-def draw_overlay(
-    image: np.ndarray, labels: np.ndarray, display_names: List[str], shares: List[float], alpha: float = 0.5
-) -> Image.Image:
-    """The label colours blended over the image, with a legend (classes present, by share) on the right.
-    Pixels labelled ``Segmentation.UNLABELED`` stay uncoloured; a share beyond the last name is theirs."""
-    colors = np.array(class_colors(len(display_names)), dtype=np.uint8).reshape(-1, 3)
-    colors = np.concatenate([colors, np.full((1, 3), 255, np.uint8)])  # unlabeled: white swatch
-    display_names = list(display_names) + ["unlabeled"]
-    shares = list(shares) + [0.0] * (len(display_names) - len(shares))
-    coloured = colors[np.where(labels == Segmentation.UNLABELED, len(colors) - 1, labels)].astype(np.float32)
-    blended = np.where((labels == Segmentation.UNLABELED)[..., None], image.astype(np.float32),
-                       image.astype(np.float32) * (1 - alpha) + coloured * alpha).astype(np.uint8)
-    height, width = image.shape[:2]
-
-    present = sorted((i for i, s in enumerate(shares) if s > 0), key=lambda i: -shares[i])
-    font_size = max(10, min(32, max(height, 240) // 30))
-    font = _font(font_size)
-    line = int(font_size * 1.5)
-    pad = font_size // 2
-    rows = max(1, (max(height, 2 * line) - 2 * pad) // line)
-    if len(present) > rows:  # keep the largest classes; summarise the rest on the last line
-        shown, hidden = present[: rows - 1], present[rows - 1 :]
-    else:
-        shown, hidden = present, []
-    texts = [f"{display_names[i]}  {100 * shares[i]:.1f}%" for i in shown]
-    if hidden:
-        texts.append(f"+{len(hidden)} more ({100 * sum(shares[i] for i in hidden):.1f}%)")
-    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    text_width = max((measure.textlength(t, font=font) for t in texts), default=0)
-    legend_width = int(pad * 3 + line + text_width)
-
-    canvas = Image.new("RGB", (width + legend_width, max(height, 2 * pad + line * len(texts))), (255, 255, 255))
-    canvas.paste(Image.fromarray(blended), (0, 0))
-    draw = ImageDraw.Draw(canvas)
-    for row, text in enumerate(texts):
-        y = pad + row * line
-        x = width + pad
-        if row < len(shown):
-            color = tuple(int(c) for c in colors[shown[row]])
-            draw.rectangle([x, y, x + line - 4, y + line - 4], fill=color, outline=(0, 0, 0))
-        draw.text((x + line + pad, y + (line - 4 - font_size) // 2), text, fill=(0, 0, 0), font=font)
-    return canvas
-
-
 # ---------------------------------------------------------------------------- main
 def _output_stem(path: str, used: set) -> str:
     stem = os.path.splitext(os.path.basename(path))[0]
@@ -273,12 +201,9 @@ def run(args) -> int:
             failures.append(path)
             continue
         result = segmenter.segment(image, class_names, **options)
-        shares = result.pixel_shares()
-        display_names = [split_synonyms(n)[0] for n in result.class_names]
         stem = _output_stem(path, used)
-        overlay = draw_overlay(image, result.labels, display_names, list(shares.values()), args.alpha)
-        overlay.save(os.path.join(args.output, f"{stem}.png"))
-        Image.fromarray(result.label_image()).save(os.path.join(args.output, "labels", f"{stem}.png"))
+        draw_result(image, result, args.alpha).save(os.path.join(args.output, f"{stem}.png"))
+        save_label_image(result, os.path.join(args.output, "labels", f"{stem}.png"))
         table = {str(k): v for k, v in result.name_table().items()}
         record = {
             "image": path,
@@ -286,7 +211,7 @@ def run(args) -> int:
             "width": int(image.shape[1]),
             "overlay": f"{stem}.png",
             "labels": f"labels/{stem}.png",
-            "pixel_shares": {name: round(share, 6) for name, share in shares.items()},
+            "pixel_shares": shares_record(result),
         }
         with open(os.path.join(args.output, f"{stem}.json"), "w") as f:
             json.dump(record, f, indent=2)

@@ -101,7 +101,10 @@ def add_dinov3seg_config(cfg):
     # Text halves that feed the cost volume: "local" (patch-aligned), "global" (CLS-aligned). ["local"] is
     # CAT-Seg's one text embedding per prompt; both halves are DESIGN.md's departure.
     cfg.MODEL.DINOV3SEG.TEXT_CHANNELS = ["local", "global"]
-    cfg.MODEL.DINOV3SEG.TEXT_CACHE_DIR = ""  # "" = in-memory text cache only
+    # Disk cache of class-name embeddings, one file per class (keyed by synonyms, templates and the text weights'
+    # content hash): "auto" = $DINOV3SEG_CACHE_DIR/text_embeddings, else $XDG_CACHE_HOME or ~/.cache/dinov3seg/
+    # text_embeddings; a folder; or "" = memory only.
+    cfg.MODEL.DINOV3SEG.TEXT_CACHE_DIR = "auto"
     cfg.MODEL.DINOV3SEG.COST_EMBED_DIM = 128  # channels after the per-class 7x7 cost embedding
     cfg.MODEL.DINOV3SEG.GUIDANCE_DIM = 128  # projected SAM (appearance) guidance width
     cfg.MODEL.DINOV3SEG.TEXT_GUIDANCE_DIM = 128  # projected text guidance width

@@ -24,3 +24,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_configure(config):
+    """The models the tests build cache their text embeddings on disk by default (TEXT_CACHE_DIR "auto"):
+    point that cache at a folder of this run, not the user's cache (subprocesses inherit it)."""
+    import tempfile
+
+    if not os.environ.get("DINOV3SEG_CACHE_DIR"):
+        config._dinov3seg_cache = os.environ["DINOV3SEG_CACHE_DIR"] = tempfile.mkdtemp(prefix="dinov3seg-test-cache-")
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    if getattr(config, "_dinov3seg_cache", None):
+        shutil.rmtree(config._dinov3seg_cache, ignore_errors=True)

@@ -103,15 +103,33 @@ def test_chunked_encoding_equals_one_pass():
     assert a.num_encoder_calls == -(-23 * 5 * 2 // 7) and b.num_encoder_calls == 1
 
 
-def test_memory_cache_hit_and_vocabulary_key():
+def test_memory_cache_per_class_and_template_key():
     e = embedder()
     first = e(["cat", "dog"])
-    assert e.num_encoder_calls == 1
+    assert e.num_encoder_calls == 1 and e.num_encoded_classes == 2
     assert e(["cat", "dog"]) is first and e.num_encoder_calls == 1  # hit
-    e(["dog", "cat"])  # another vocabulary (order matters: rows follow it)
-    assert e.num_encoder_calls == 2
+    reordered = e(["dog", "cat"])  # another vocabulary of known names: nothing encoded
+    assert e.num_encoded_classes == 2
+    torch.testing.assert_close(reordered, first.flip(0))
+    edited = e(["cat", "dog", "bird", "sofa,couch"])  # an edit encodes only the new names, in one pass
+    assert e.num_encoded_classes == 4 and e.num_encoder_calls == 2
+    torch.testing.assert_close(edited, embedder()(["cat", "dog", "bird", "sofa, couch"]))
+    e(["sofa, couch"])  # the same synonyms written otherwise: the same class
+    assert e.num_encoded_classes == 4
     e.templates = ["{}", "a {}"]  # the templates are part of the key
-    assert e(["cat", "dog"]).shape == (2, 2, 6) and e.num_encoder_calls == 3
+    assert e(["cat", "dog"]).shape == (2, 2, 6) and e.num_encoded_classes == 6
+
+
+def test_memory_cache_is_bounded():
+    e = embedder(max_cached_class_bytes=3 * 6 * 4, max_cached_vocabularies=1)  # three 1 x 6 fp32 entries
+    e(["a", "b", "c", "d"])
+    assert len(e._class_cache) == 3 and e._class_bytes == 3 * 6 * 4
+    e(["a"])
+    assert e.num_encoded_classes == 5  # "a" was dropped (least recently used), then "b" for it
+    e(["d"])
+    assert e.num_encoded_classes == 5 and len(e._cache) == 1
+    e(["b"])
+    assert e.num_encoded_classes == 6
 
 
 def test_invalidated_by_optimizer_step():
@@ -165,31 +183,73 @@ def test_cached_under_inference_mode_then_used_in_training():
     assert weight.grad is not None
 
 
+def cached_files(cache):
+    return sorted(str(p.relative_to(cache)) for p in cache.rglob("*.pt"))
+
+
 def test_disk_cache(tmp_path):
     cache = tmp_path / "text_cache"
     e1 = embedder(cache_dir=str(cache))
     out1 = e1(["cat", "sofa, couch"])
-    files = os.listdir(cache)
-    assert len(files) == 1 and files[0].endswith(".pt")
+    files = cached_files(cache)
+    assert len(files) == 2 and len({os.path.dirname(f) for f in files}) == 1  # one file per class
+    assert not list(cache.rglob(".tmp-*"))  # written through a temporary file, renamed into place
 
     e2 = embedder(cache_dir=str(cache))  # a new process with the same weights: read from disk
     out2 = e2(["cat", "sofa, couch"])
-    assert e2.num_encoder_calls == 0
+    assert e2.num_encoder_calls == 0 and e2.num_disk_hits == 2
     torch.testing.assert_close(out1, out2)
+    e2(["sofa, couch", "cat", "dog"])  # an edit after a restart: only the new name is encoded
+    assert e2.num_encoded_classes == 1 and len(cached_files(cache)) == 3
 
     e3 = embedder(frozen(ToyTextTower(seed=2)), cache_dir=str(cache))  # other weights: other key
-    e3(["cat", "sofa, couch"])
-    assert e3.num_encoder_calls == 1 and len(os.listdir(cache)) == 2
+    out3 = e3(["cat", "sofa, couch"])
+    assert e3.num_encoded_classes == 2 and e3.num_disk_hits == 0 and len(cached_files(cache)) == 5
+    torch.testing.assert_close(out3, embedder(frozen(ToyTextTower(seed=2)))(["cat", "sofa, couch"]))
 
     e4 = embedder(cache_dir=str(cache), templates=["{}"])  # other templates: other key
-    e4(["cat", "sofa, couch"])
-    assert e4.num_encoder_calls == 1 and len(os.listdir(cache)) == 3
+    out4 = e4(["cat", "sofa, couch"])
+    assert e4.num_encoded_classes == 2 and len(cached_files(cache)) == 7
+    torch.testing.assert_close(out4, embedder(templates=["{}"])(["cat", "sofa, couch"]))
 
-    for f in os.listdir(cache):  # a corrupt file is recomputed, not trusted
+    tower = frozen(ToyTextTower())  # the same tower changed in place after a first use: not stale either
+    e5 = embedder(tower, cache_dir=str(cache))
+    torch.testing.assert_close(e5(["cat"]), out1[:1])
+    with torch.no_grad():
+        tower.proj.weight.mul_(-1)
+    flipped = e5(["cat"])
+    assert e5.num_encoded_classes == 1 and not torch.allclose(flipped, out1[:1])
+    torch.testing.assert_close(flipped, embedder(tower)(["cat"]))
+
+    for f in cached_files(cache):  # a corrupt file is recomputed, not trusted, and rewritten
         (cache / f).write_bytes(b"garbage")
-    e5 = embedder(cache_dir=str(cache))
-    torch.testing.assert_close(e5(["cat", "sofa, couch"]), out1)
-    assert e5.num_encoder_calls == 1
+    e6 = embedder(cache_dir=str(cache))
+    torch.testing.assert_close(e6(["cat", "sofa, couch"]), out1)
+    assert e6.num_encoded_classes == 2 and e6.num_disk_hits == 0
+    assert embedder(cache_dir=str(cache))(["cat"]).shape == (1, 1, 6)  # rewritten: read back
+
+
+def test_disk_cache_skipped_for_trainable_or_unwritable(tmp_path):
+    tower = ToyTextTower()  # trainable text weights (TEXT_FINETUNE): memory only, they change as they train
+    with torch.no_grad():
+        embedder(tower, cache_dir=str(tmp_path / "a"))(["cat"])
+    assert not (tmp_path / "a").exists()
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    e = embedder(cache_dir=str(blocked / "cache"))  # cannot be created: warned once, memory only
+    torch.testing.assert_close(e(["cat", "dog"]), embedder()(["cat", "dog"]))
+    assert e._disk_failed and e(["cat", "dog", "bird"]).shape == (3, 1, 6)
+
+
+def test_auto_cache_folder(tmp_path, monkeypatch):
+    from dinov3seg.modeling.text_embeddings import resolve_cache_dir
+
+    monkeypatch.setenv("DINOV3SEG_CACHE_DIR", str(tmp_path / "mine"))
+    assert resolve_cache_dir("auto") == str(tmp_path / "mine" / "text_embeddings")
+    monkeypatch.delenv("DINOV3SEG_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert resolve_cache_dir("auto") == str(tmp_path / "xdg" / "dinov3seg" / "text_embeddings")
+    assert resolve_cache_dir("") == "" and resolve_cache_dir("some/folder") == "some/folder"
 
 
 def test_bad_vocabularies():
@@ -227,3 +287,34 @@ def test_real_text_tower_and_tokenizer():
     ids = tokenizer_mod.build_tokenizer()(["A photo of a cat in the scene"], context_length=77)
     torch.testing.assert_close(out[0, 0], F.normalize(tower(ids), dim=-1)[0])
     assert e(["cat", "sofa, couch", "traffic light"]) is out
+
+
+def test_encode_vocabulary_tool(tmp_path, monkeypatch, capsys):
+    """python -m dinov3seg.tools.encode_vocabulary fills the disk cache; a model with the same text weights
+    and templates then encodes nothing."""
+    import numpy as np
+
+    from dinov3seg import Segmenter
+    from dinov3seg.tools import encode_vocabulary
+
+    monkeypatch.setenv("DINOV3SEG_CACHE_DIR", str(tmp_path / "cache"))
+    mine = tmp_path / "mine.txt"
+    mine.write_text("grass\nsofa, couch\nsky\n")
+    args = ["voc20", str(mine), "--config-file", "quickstart", "--opts", "MODEL.DEVICE", "cpu"]
+    torch.manual_seed(0)  # the quickstart's text tower is random: the seed makes it the same each time
+    assert encode_vocabulary.main(args) == 0
+    out = capsys.readouterr().out
+    assert "voc20: 20 classes, 20 encoded, 0 already on disk" in out and f"{mine}: 3 classes, 3 encoded" in out
+    assert len(list((tmp_path / "cache").rglob("*.pt"))) == 23
+    torch.manual_seed(0)
+    assert encode_vocabulary.main(args) == 0
+    assert "voc20: 20 classes, 0 encoded, 20 already on disk" in capsys.readouterr().out
+
+    torch.manual_seed(0)
+    segmenter = Segmenter("quickstart", device="cpu")
+    segmenter(np.zeros((40, 40, 3), np.uint8), ["sky", "sofa, couch"])
+    embedder = segmenter.model.text_embedder
+    assert embedder.num_encoded_classes == 0 and embedder.num_disk_hits == 2
+    with pytest.raises(SystemExit) as exit_info:
+        encode_vocabulary.main(["klingon", "--config-file", "quickstart"])
+    assert exit_info.value.code == 2 and "unknown vocabulary 'klingon'" in capsys.readouterr().err

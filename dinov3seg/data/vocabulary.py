@@ -1,11 +1,14 @@
 """Class-name vocabularies: from a JSON list or a registered dataset's metadata."""
 import json
+import logging
 from pathlib import Path
-from typing import List, Sequence
+from typing import Dict, List, Sequence
 
 from detectron2.data import MetadataCatalog
 
 from ..errors import VocabularyError
+
+logger = logging.getLogger(__name__)
 
 
 def validate_vocabulary(names: List[str], source: str) -> List[str]:
@@ -24,6 +27,44 @@ def validate_vocabulary(names: List[str], source: str) -> List[str]:
         raise VocabularyError(f"{source} holds duplicate class names {duplicates[:5]}; merge them into one entry "
                          "(synonyms go comma-separated inside one name).")
     return names
+
+
+def check_user_vocabulary(names: List[str], source: str, shared_synonyms_ok: bool = False) -> List[str]:
+    """A vocabulary typed or chosen by a user: :func:`validate_vocabulary`, and a synonym shared by two
+    classes is refused too, or only warned about with ``shared_synonyms_ok`` (benchmark lists such as
+    ADE-847 have some). Returns it unchanged."""
+    from ..modeling.text_embeddings import split_synonyms
+
+    if not names:
+        raise VocabularyError(f"{source} is empty: give at least one class name")
+    validate_vocabulary(names, source)
+    owner: Dict[str, str] = {}
+    for name in names:
+        for synonym in split_synonyms(name):
+            key = synonym.lower()
+            if key in owner and owner[key] != name:
+                message = f"{source}: '{synonym}' is in two classes ('{owner[key]}' and '{name}')"
+                if not shared_synonyms_ok:
+                    raise VocabularyError(f"{message}; each name may appear in one class only")
+                logger.warning(message)
+            owner[key] = name
+    return names
+
+
+def parse_vocabulary(text: str, source: str = "the vocabulary") -> List[str]:
+    """The demos' vocabulary syntax: classes comma-separated, synonyms of a class "|"-separated.
+    'cat, dog|puppy, grass' -> ['cat', 'dog, puppy', 'grass'] (checked by :func:`check_user_vocabulary`)."""
+    classes = []
+    for entry in text.split(","):
+        synonyms = [s.strip() for s in entry.split("|") if s.strip()]
+        if synonyms:
+            classes.append(", ".join(synonyms))
+    return check_user_vocabulary(classes, source)
+
+
+def format_vocabulary(names: Sequence[str]) -> str:
+    """The inverse of :func:`parse_vocabulary`: ['cat', 'dog, puppy'] -> 'cat, dog|puppy'."""
+    return ", ".join("|".join(s.strip() for s in name.split(",") if s.strip()) for name in names)
 
 
 def read_class_name_json(path: str, source: str) -> list:

@@ -70,15 +70,26 @@ def pil_to_rgb(img: Image.Image) -> np.ndarray:
     return to_uint8_rgb(array)
 
 
-def read_image_rgb(path: str) -> np.ndarray:
+def read_image_rgb(path: str, max_side: int = 0) -> np.ndarray:
     """Read an image file as H x W x 3 uint8 RGB (see :func:`pil_to_rgb`). Raises ValueError with the
-    path if it is unreadable."""
+    path if it is unreadable (not an image, truncated, or too large for Pillow to decode safely).
+
+    ``max_side`` > 0 downscales (aspect kept) so the longer side is at most ``max_side``; a JPEG is
+    then decoded at a reduced scale directly, so a huge photo never occupies memory at full size."""
     try:
         with Image.open(path) as img:
+            if max_side > 0 and max(img.size) > max_side:
+                img.draft("RGB", (max_side, max_side))  # JPEG only: DCT scaling, at least max_side
             img.load()
-            return pil_to_rgb(img)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            rgb = pil_to_rgb(img)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ValueError(f"cannot read image '{path}': {e}") from None
+    height, width = rgb.shape[:2]
+    if max_side > 0 and max(height, width) > max_side:
+        scale = max_side / max(height, width)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR, reducing_gap=2.0))
+    return rgb
 
 
 def _load_checkpoint(model: torch.nn.Module, path: str) -> None:
@@ -109,6 +120,9 @@ class VocabularyPredictor:
                 _load_checkpoint(model, self.cfg.MODEL.WEIGHTS)
             elif not getattr(model, "TRAINING_FREE", False):
                 logger.warning("MODEL.WEIGHTS is empty: the segmentation head is untrained (random).")
+            # Inference only: nothing here trains, so even a tuned text tower is frozen (its embeddings can then
+            # be cached on disk, see TextEmbedder).
+            model.requires_grad_(False)
         self.model = model.eval()
         self.resize = T.ResizeShortestEdge(
             [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST

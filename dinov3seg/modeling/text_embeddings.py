@@ -5,16 +5,22 @@ template, every synonym is written into the template, encoded and L2-normalised;
 averaged and the mean is L2-normalised again. The result is ``T x P x 2D`` (T classes, P templates,
 2D = 2048 for dinov3.txt: ``[:, :, :D]`` aligns with the image CLS, ``[:, :, D:]`` with the patches).
 
-Embeddings are computed once per (class names, templates, text weights) and kept in memory, and
-optionally on disk (``MODEL.DINOV3SEG.TEXT_CACHE_DIR``). The weights are fingerprinted on every call:
-an optimizer step, ``load_state_dict``, ``.to(device)`` or any other change of the text tower's
-tensors invalidates the cache. While the text tower has trainable parameters and autograd is on,
-nothing is cached: every call re-encodes, so gradients flow into the tuned text weights.
+Embeddings are cached **per class** (its synonyms, the templates, the context length and a content hash of
+the text weights), in memory and, with ``MODEL.DINOV3SEG.TEXT_CACHE_DIR`` (default "auto": a per-user cache
+folder, see :func:`resolve_cache_dir`), on disk: one small file per class, written atomically. Editing a
+vocabulary, or restarting the process, encodes only the names never seen with these weights and templates.
+The weights are fingerprinted on every call: an optimizer step, ``load_state_dict``, ``.to(device)`` or any
+other change of the text tower's tensors invalidates the memory cache, and the disk keys hold the weights'
+content hash, so stale entries are never reused. While the text tower has trainable parameters and autograd
+is on, nothing is cached: every call re-encodes, so gradients flow into the tuned text weights; a tower with
+trainable parameters is cached in memory only (its weights change as it trains).
 """
 import hashlib
 import json
 import logging
 import os
+import tempfile
+from collections import OrderedDict
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -30,6 +36,7 @@ __all__ = [
     "split_synonyms",
     "TextEmbedder",
     "average_templates",
+    "resolve_cache_dir",
 ]
 
 logger = logging.getLogger(__name__)
@@ -171,8 +178,22 @@ def _weights_digest(module: nn.Module) -> str:
     for name, t in list(module.named_parameters()) + list(module.named_buffers()):
         t = t.detach()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(memoryview(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy()))
     return h.hexdigest()
+
+
+CACHE_ENV = "DINOV3SEG_CACHE_DIR"
+
+
+def resolve_cache_dir(spec: str) -> str:
+    """``MODEL.DINOV3SEG.TEXT_CACHE_DIR`` -> the folder of the disk cache ("" = none). "auto" is
+    ``$DINOV3SEG_CACHE_DIR/text_embeddings``, else ``$XDG_CACHE_HOME/dinov3seg/text_embeddings``, else
+    ``~/.cache/dinov3seg/text_embeddings``; any other value is the folder itself."""
+    if spec != "auto":
+        return spec
+    root = os.environ.get(CACHE_ENV) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "dinov3seg")
+    return os.path.join(root, "text_embeddings")
 
 
 class TextEmbedder(nn.Module):
@@ -194,17 +215,21 @@ class TextEmbedder(nn.Module):
         cache_dir: str = "",
         context_length: int = 77,
         chunk_size: int = 256,
-        max_cached_vocabularies: int = 8,
+        max_cached_vocabularies: int = 4,
+        max_cached_class_bytes: int = 1 << 30,
     ):
         """
         Args:
             text_encoder: ids N x L -> N x 2D (see the class doc).
             tokenizer: list of N strings -> N x L int64 ids.
             templates: prompt templates, each with one "{}".
-            cache_dir: directory of the on-disk cache; "" = memory only.
+            cache_dir: folder of the on-disk cache (one file per class); "" = memory only; "auto" = the
+                per-user cache folder (:func:`resolve_cache_dir`).
             context_length: L.
             chunk_size: prompts encoded per text-tower call (bounds memory for huge vocabularies).
-            max_cached_vocabularies: vocabularies kept in memory (least recently used dropped).
+            max_cached_vocabularies: assembled ``T x P x 2D`` vocabularies kept in memory (least recently
+                used dropped), so an unchanged vocabulary costs nothing per image.
+            max_cached_class_bytes: memory held by the per-class entries (least recently used dropped).
         """
         super().__init__()
         if not templates or any(t.count("{}") != 1 for t in templates):
@@ -214,14 +239,20 @@ class TextEmbedder(nn.Module):
         self.text_encoder = text_encoder
         self.tokenizer = tokenizer
         self.templates = list(templates)
-        self.cache_dir = cache_dir
+        self.cache_dir = resolve_cache_dir(cache_dir)
         self.context_length = context_length
         self.chunk_size = chunk_size
         self.max_cached_vocabularies = max_cached_vocabularies
-        self._cache: Dict[tuple, torch.Tensor] = {}  # (class names, templates) -> T x P x 2D
+        self.max_cached_class_bytes = max_cached_class_bytes
+        self._cache: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()  # (names, templates) -> T x P x 2D
+        self._class_cache: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()  # (synonyms, templates) -> P x 2D
+        self._class_bytes = 0
         self._cache_fingerprint = None  # weights fingerprint the cached entries belong to
         self._digest: Optional[Tuple[tuple, str]] = None  # (fingerprint, content hash) for disk keys
+        self._disk_failed = False  # a failed write is reported once, then the disk cache is skipped
         self.num_encoder_calls = 0  # text-tower forward passes so far (for tests and profiling)
+        self.num_encoded_classes = 0  # classes encoded so far (cache misses)
+        self.num_disk_hits = 0  # classes read from the disk cache so far
 
     @classmethod
     def from_config(cls, cfg, text_encoder: nn.Module, tokenizer: Callable[..., torch.Tensor]):
@@ -304,18 +335,99 @@ class TextEmbedder(nn.Module):
         # The mean over synonyms and the sum point the same way: normalising the sum is enough.
         return F.normalize(summed, dim=-1).reshape(len(class_names), len(self.templates), -1)
 
-    def _disk_path(self, class_names: Tuple[str, ...]) -> str:
-        key = json.dumps(
-            {
-                "class_names": list(class_names),
-                "templates": self.templates,
-                "context_length": self.context_length,
-                "encoder": type(self.text_encoder).__name__,
-                "weights": self.weights_digest(),
-            },
-            sort_keys=True,
-        )
-        return os.path.join(self.cache_dir, f"text_{hashlib.sha1(key.encode()).hexdigest()}.pt")
+    # ------------------------------------------------------------------ cache
+    def _class_key(self, class_name: str) -> tuple:
+        """Memory-cache key of one class: its synonyms (the prompt text) and the templates."""
+        return tuple(split_synonyms(class_name)), tuple(self.templates)
+
+    def disk_folder(self) -> str:
+        """The disk-cache folder of these text weights and templates (one per weights, templates, context length
+        and encoder type); the files in it are named by the class's synonyms."""
+        key = json.dumps({"templates": self.templates, "context_length": self.context_length,
+                          "encoder": type(self.text_encoder).__name__, "weights": self.weights_digest()},
+                         sort_keys=True)
+        return os.path.join(self.cache_dir, hashlib.sha1(key.encode()).hexdigest()[:20])
+
+    @staticmethod
+    def _disk_name(synonyms: Tuple[str, ...]) -> str:
+        return hashlib.sha1(json.dumps(list(synonyms)).encode()).hexdigest() + ".pt"
+
+    def _persistent(self) -> bool:
+        """Disk cache in use: a folder is set and the text weights are frozen (tuned weights change as they
+        train: their entries would never be read again)."""
+        return bool(self.cache_dir) and not self._disk_failed and not any(
+            p.requires_grad for p in self.text_encoder.parameters())
+
+    def _read_disk(self, folder: str, synonyms: Tuple[str, ...], expected: Tuple[int, int]) -> Optional[torch.Tensor]:
+        path = os.path.join(folder, self._disk_name(synonyms))
+        if not os.path.isfile(path):
+            return None
+        try:
+            entry = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(entry, torch.Tensor) or entry.dim() != 2 or entry.shape[0] != expected[0] or (
+                    expected[1] and entry.shape[1] != expected[1]):
+                raise ValueError(f"holds {type(entry).__name__} {tuple(getattr(entry, 'shape', ()))}, expected "
+                                 f"{expected[0]} x D")
+        except Exception as e:  # a truncated or foreign file: recompute and overwrite it
+            logger.warning(f"Ignoring unreadable text-embedding cache {path}: {e}")
+            return None
+        self.num_disk_hits += 1
+        return entry
+
+    def _write_disk(self, folder: str, synonyms: Tuple[str, ...], entry: torch.Tensor) -> None:
+        """Atomic: written to a temporary file in the same folder, then renamed into place, so a reader
+        (another process, a crash) never sees a partial file."""
+        tmp = None
+        try:
+            os.makedirs(folder, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
+            with os.fdopen(fd, "wb") as f:
+                torch.save(entry.detach().cpu().clone(), f)
+            os.replace(tmp, os.path.join(folder, self._disk_name(synonyms)))
+        except OSError as e:
+            logger.warning(f"Cannot write the text-embedding cache in {self.cache_dir} ({e}); "
+                           "caching in memory only")
+            self._disk_failed = True
+            if tmp is not None and os.path.exists(tmp):
+                os.remove(tmp)
+
+    def _remember(self, key: tuple, entry: torch.Tensor) -> None:
+        self._class_cache[key] = entry
+        self._class_bytes += entry.numel() * entry.element_size()
+        while self._class_bytes > self.max_cached_class_bytes and len(self._class_cache) > 1:
+            _, dropped = self._class_cache.popitem(last=False)
+            self._class_bytes -= dropped.numel() * dropped.element_size()
+
+    def class_embeddings(self, class_names: Sequence[str]) -> torch.Tensor:
+        """``T x P x 2D`` embeddings from the per-class caches (memory, then disk); only the classes found in
+        neither are encoded, in one batched pass, and stored in both."""
+        keys = [self._class_key(name) for name in class_names]
+        found: Dict[tuple, torch.Tensor] = {}
+        for key in keys:
+            if key in self._class_cache:
+                self._class_cache.move_to_end(key)
+                found[key] = self._class_cache[key]
+        missing = list(dict.fromkeys(k for k in keys if k not in found))
+        folder = self.disk_folder() if missing and self._persistent() else None
+        if folder is not None:
+            width = next(iter(found.values())).shape[-1] if found else 0
+            for key in missing:
+                entry = self._read_disk(folder, key[0], (len(self.templates), width))
+                if entry is not None:
+                    found[key] = entry.to(self._device())
+                    self._remember(key, found[key])
+            missing = [k for k in missing if k not in found]
+        if missing:
+            with torch.no_grad():
+                encoded = self.encode([", ".join(k[0]) for k in missing])
+            self.num_encoded_classes += len(missing)
+            for key, entry in zip(missing, encoded):
+                entry = entry.clone()  # its own storage: the vocabulary tensor is not kept alive
+                found[key] = entry
+                self._remember(key, entry)
+                if folder is not None and not self._disk_failed:
+                    self._write_disk(folder, key[0], entry)
+        return torch.stack([found[k] for k in keys])
 
     def forward(self, class_names: Sequence[str]) -> torch.Tensor:
         """
@@ -332,46 +444,30 @@ class TextEmbedder(nn.Module):
         if self.is_tuned():
             return self.encode(class_names)
 
-        key = (tuple(class_names), tuple(self.templates))
         fingerprint = self.weights_fingerprint()
         if fingerprint != self._cache_fingerprint:
-            self._cache.clear()  # the text weights changed: every cached vocabulary is stale
+            self.clear_cache()  # the text weights changed: every cached embedding is stale
             self._cache_fingerprint = fingerprint
+        key = (tuple(class_names), tuple(self.templates))
         if key in self._cache:
-            embeddings = self._cache.pop(key)
-            if embeddings.is_inference() and not torch.is_inference_mode_enabled():
-                # Made under torch.inference_mode(): such tensors cannot join an autograd graph
-                # (e.g. training with the frozen tower after an evaluation); a clone can.
-                embeddings = embeddings.clone()
-            self._cache[key] = embeddings  # most recently used last
-            return embeddings
-
-        embeddings = None
-        path = self._disk_path(key[0]) if self.cache_dir else None
-        if path is not None and os.path.isfile(path):
-            try:
-                embeddings = torch.load(path, map_location="cpu", weights_only=True)
-                embeddings = embeddings.to(device=self._device())
-            except Exception as e:  # a truncated or foreign file: recompute and overwrite it
-                logger.warning(f"Ignoring unreadable text-embedding cache {path}: {e}")
-                embeddings = None
-        if embeddings is None:
-            with torch.no_grad():
-                embeddings = self.encode(key[0])
-            if path is not None:
-                os.makedirs(self.cache_dir, exist_ok=True)
-                tmp = f"{path}.{os.getpid()}.tmp"
-                torch.save(embeddings.cpu(), tmp)
-                os.replace(tmp, path)  # atomic: concurrent workers never read a partial file
-
-        self._cache[key] = embeddings
-        while len(self._cache) > self.max_cached_vocabularies:
-            self._cache.pop(next(iter(self._cache)))
+            self._cache.move_to_end(key)  # most recently used last
+            embeddings = self._cache[key]
+        else:
+            embeddings = self.class_embeddings(class_names)
+            self._cache[key] = embeddings
+            while len(self._cache) > self.max_cached_vocabularies:
+                self._cache.popitem(last=False)
+        if embeddings.is_inference() and not torch.is_inference_mode_enabled():
+            # Made under torch.inference_mode(): such tensors cannot join an autograd graph
+            # (e.g. training with the frozen tower after an evaluation); a clone can.
+            embeddings = self._cache[key] = embeddings.clone()
         return embeddings
 
     def clear_cache(self):
-        """Drop the in-memory cache (the disk cache is left alone)."""
+        """Drop the in-memory caches (the disk cache is left alone)."""
         self._cache.clear()
+        self._class_cache.clear()
+        self._class_bytes = 0
         self._cache_fingerprint = None
 
     def extra_repr(self) -> str:

@@ -217,7 +217,9 @@ def build_model(cfg, device: torch.device) -> nn.Module:
 
     cfg = cfg.clone()
     cfg.defrost()
-    cfg.merge_from_list([x for key in WEIGHT_KEYS for x in (key, "")] + ["MODEL.DEVICE", str(device)])
+    # No disk text cache: the encoding cost is what is measured, and random weights are never seen again.
+    cfg.merge_from_list([x for key in WEIGHT_KEYS for x in (key, "")] + ["MODEL.DEVICE", str(device),
+                                                                         "MODEL.DINOV3SEG.TEXT_CACHE_DIR", ""])
     model = d2_build(cfg)
     model.eval()
     return model
