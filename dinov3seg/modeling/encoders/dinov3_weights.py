@@ -154,9 +154,11 @@ def dinov3_state_dict(source: WeightSource, model: DINOv3ViT) -> Dict[str, Tenso
     check_hf_config(config, model, str(source.path))
     mapped = checkpoint_filter_fn(source.state_dict, model, source.hf_config)
     theta = (source.hf_config or {}).get("rope_theta", HF_DEFAULTS["rope_theta"])
-    source.notes.append(f"Hugging Face keys mapped to Meta's (q/k/v -> qkv with the K bias masked, "
-                        f"{'config.json checked' if source.hf_config is not None else 'no config.json: sizes checked from the keys'}); "
-                        f"RoPE periods rebuilt bf16-rounded from rope_theta {theta}, as Meta's checkpoint holds them")
+    checked = "config.json checked" if source.hf_config is not None else "no config.json: sizes checked from the keys"
+    note = (f"Hugging Face keys mapped to Meta's (q/k/v -> qkv with the K bias masked, {checked}); RoPE periods "
+            f"rebuilt bf16-rounded from rope_theta {theta}, as Meta's checkpoint holds them")
+    if note not in source.notes:
+        source.notes.append(note)
     return mapped
 
 
