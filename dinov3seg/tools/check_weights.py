@@ -158,14 +158,14 @@ def check_weights(cfg, check_hash: Union[bool, str] = True) -> List[CheckResult]
             for key, spec, enabled, loader in CHECKS]
 
 
-def _size(n: int) -> str:
+def human_size(n: int) -> str:
     return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
 def format_result(r: CheckResult) -> str:
     lines = [f"[{r.status}] {r.key}", f"    file:   {r.file or '(empty)'}" + (f"  ({r.found})" if r.found else "")]
     if r.layout:
-        lines += [f"    layout: {r.layout}", f"    size:   {_size(r.size)}"]
+        lines += [f"    layout: {r.layout}", f"    size:   {human_size(r.size)}"]
     if r.file:
         lines += [f"    exists: {'yes' if r.exists else 'no'}", f"    hash:   {r.hash}"]
     lines.append(f"    {'load:   ' if r.status in ('OK', 'WARN') else ''}{r.message}".replace("\n", "\n    "))

@@ -26,13 +26,9 @@ from dinov3seg.modeling.encoders.dinov3 import DINOv3ViT
 from dinov3seg.modeling.encoders.dinov3_weights import dinov3_state_dict
 from dinov3seg.modeling.encoders.weights import META_LAYOUT, WEIGHT_SPECS, WeightFileError, read_weights
 
-from .check_weights import CHECKS
+from .check_weights import CHECKS, human_size
 
 OUTPUT_SUFFIXES = (".pth", ".safetensors")
-
-
-def _size(n: int) -> str:
-    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
 def save_state_dict(state_dict: Dict[str, Tensor], output: Path, metadata: Optional[Dict[str, str]] = None) -> None:
@@ -107,7 +103,7 @@ def _convert(source: Path, output: Path, cfg) -> List[str]:
     else:
         name, key, weights, loader = _component(cfg, source)
         report.append(f"read:    {source} ({weights.container}, {weights.layout} keys, {len(weights.state_dict)} "
-                      f"tensors, {_size(weights.size)}; hash {weights.hash})")
+                      f"tensors, {human_size(weights.size)}; hash {weights.hash})")
         if name == "dinov3":
             c = cfg.MODEL.DINOV3
             with torch.device("meta"):
@@ -131,7 +127,7 @@ def _convert(source: Path, output: Path, cfg) -> List[str]:
     if unequal or extra:
         raise WeightFileError(f"'{output}' read back differs: {unequal[:5]} unequal or missing, {extra[:5]} extra")
     report.append(f"wrote:   {output} ({written.container}, {META_LAYOUT} keys, {len(state)} tensors, "
-                  f"{_size(written.size)}); read back, every tensor equal")
+                  f"{human_size(written.size)}); read back, every tensor equal")
     report.append(f"use it:  {key} {output}")
     return report
 

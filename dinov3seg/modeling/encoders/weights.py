@@ -368,7 +368,8 @@ def load_strict(module: nn.Module, state_dict: Dict[str, torch.Tensor], *, dropp
         raise WeightFileError("\n".join(lines))
     assign = on_meta(module)
     module.load_state_dict(fit_dtypes(kept, own) if assign else kept, strict=True, assign=assign)
-    if assign and on_meta(module):  # a non-persistent buffer built on meta has no value to take from the file
-        left = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+    # A non-persistent buffer built on the meta device has no value to take from the file.
+    left = [n for n, t in module.named_buffers() if assign and t.is_meta and n not in kept]
+    if left:
         raise RuntimeError(f"{component}: {left[:5]} are not in the checkpoint and were built on the meta device")
     return dropped
