@@ -351,3 +351,26 @@ def test_transformers_gap_is_what_we_document(hf, tmp_path):
         tokens = model(pixel_values=x).last_hidden_state
     assert_close(tokens[:, 1 + n:], official["x_norm_patchtokens"], **TOL)
 
+
+
+def test_hash_is_remembered_per_file_and_check_weights_rehashes(tmp_path, monkeypatch):
+    """A model start reuses the sha256 of an unchanged file (the 1.2 GB files are read once, not every start);
+    a rewritten file is hashed again; check_weights always reads the bytes afresh."""
+    from dinov3seg.modeling.encoders import weights
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    calls = []
+    real = weights.sha256_of
+    monkeypatch.setattr(weights, "sha256_of", lambda p, *a: calls.append(p) or real(p, *a))
+    path = tmp_path / WEIGHT_SPECS["dinov3"]["expected_name"]
+    model = build_dinotxt(get_dinov3seg_cfg(CONFIG, EMPTY)).backbone
+    torch.save(model.state_dict(), path)
+    cfg = get_dinov3seg_cfg(CONFIG, EMPTY + ["MODEL.DINOV3.WEIGHTS", str(path)])
+    for _ in range(2):
+        build_dinotxt(cfg)
+    assert len(calls) == 1 and weights.hash_cache_file().is_file()
+    torch.save({k: v + 1 for k, v in model.state_dict().items()}, path)
+    build_dinotxt(cfg)
+    assert len(calls) == 2
+    assert {r.key: r for r in cw.check_weights(cfg)}["MODEL.DINOV3.WEIGHTS"].status == "WARN"
+    assert len(calls) == 3

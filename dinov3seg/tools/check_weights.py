@@ -131,7 +131,7 @@ def check_one(cfg, key: str, spec_name: str, enabled: bool, loader: Callable,
     try:
         path, result.found = find_weights(value, **spec, weights_dir=cfg.MODEL.ENCODER_WEIGHTS_DIR)
         result.file, result.exists = path, Path(path).exists()
-        source = read_weights(path, **spec, check_hash=mode)
+        source = read_weights(path, **spec, check_hash=mode, hash_cache=False)  # a check reads the bytes afresh
         result.hash, result.size = source.hash, source.size
         result.message = loader(cfg, source)
         result.layout = f"{source.container}, {source.layout} keys" + "".join(f"; {n}" for n in source.notes)

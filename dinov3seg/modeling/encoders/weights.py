@@ -97,6 +97,34 @@ def sha256_of(path: Path, block_size: int = 1 << 24) -> str:
     return digest.hexdigest()
 
 
+def hash_cache_file() -> Path:
+    """Where file hashes are remembered: ``$XDG_CACHE_HOME/dinov3seg/sha256.json`` (default ``~/.cache``)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "dinov3seg" / "sha256.json"
+
+
+def cached_sha256(path: Path) -> str:
+    """``sha256_of(path)``, remembered per (path, size, mtime, inode) so that a model start does not re-read the
+    1.2 GB files each time; a changed or replaced file is hashed again. An unwritable cache is skipped."""
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ino}"
+    cache_file = hash_cache_file()
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if not isinstance(cache, dict) or not isinstance(cache.get(key), str):
+        cache = cache if isinstance(cache, dict) else {}
+        cache[key] = sha256_of(path)
+        try:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(dict(list(cache.items())[-64:]), indent=0))
+            os.replace(tmp, cache_file)  # atomic: processes starting together never read half a file
+        except OSError:
+            pass
+    return cache[key]
+
+
 def _one_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0] if text else ''}"
@@ -254,7 +282,7 @@ def _read_folder(folder: Path, fail) -> Tuple[Dict[str, torch.Tensor], List[Path
 def read_weights(path: str, *, config_key: str, expected_name: str, request_url: str,
                  sha_prefix: Optional[str] = None, check_hash: Union[bool, str] = True,
                  expect_keys: Sequence[str] = (), other_layouts: Optional[Dict[str, Sequence[str]]] = None,
-                 also_at: str = "", **_) -> WeightSource:
+                 also_at: str = "", hash_cache: bool = True, **_) -> WeightSource:
     """Read the weights at ``path`` (a resolved ``find_weights`` path) without a second copy in memory.
 
     Args:
@@ -271,6 +299,7 @@ def read_weights(path: str, *, config_key: str, expected_name: str, request_url:
             does not hash at all.
         expect_keys: keys (or key prefixes) the released checkpoint holds (layout "Meta").
         other_layouts: other key layouts the component comes in, name -> identifying keys (DINOv3: "Hugging Face").
+        hash_cache: reuse the sha256 remembered for this very file (``cached_sha256``); False hashes afresh.
     """
     hint = _hint(config_key, expected_name, request_url, also_at)
 
@@ -290,7 +319,7 @@ def read_weights(path: str, *, config_key: str, expected_name: str, request_url:
     elif expected_hash and mode == "off":
         verdict = f"skipped ({HASH_CHECK_KEY} off)"
     elif expected_hash:
-        actual = sha256_of(file)
+        actual = cached_sha256(file) if hash_cache else sha256_of(file)
         verdict = f"ok ({expected_hash})"
         if not actual.startswith(expected_hash.lower()):
             verdict = f"MISMATCH (sha256 {actual[:16]}..., the released file starts with {expected_hash})"
