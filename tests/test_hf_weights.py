@@ -373,3 +373,18 @@ def test_hash_is_remembered_per_file_and_check_weights_rehashes(tmp_path, monkey
     assert len(calls) == 2
     assert {r.key: r for r in cw.check_weights(cfg)}["MODEL.DINOV3.WEIGHTS"].status == "WARN"
     assert len(calls) == 3
+
+
+def test_verify_parity_catches_transformers_periods(hf, parity_dir, monkeypatch, capsys):
+    """The dinov3_hf check passes with the rebuilt bf16 periods and fails if the loader kept transformers'
+    unrounded fp32 ones (the mistake the fixture exists to catch)."""
+    from dinov3seg.modeling.encoders import dinov3, dinov3_weights
+    from dinov3seg.tools.verify_parity import verify
+
+    path = parity_dir / "dinov3_hf_small.pt"
+    assert verify(path)
+    assert "vs outputs_transformers" in capsys.readouterr().out
+    monkeypatch.setattr(dinov3_weights, "rope_periods", lambda d, base: dinov3.rope_periods(d, base, None))
+    assert not verify(path)
+    out = capsys.readouterr().out
+    assert "img_128x240/patch_tokens" in out and "FAIL" in out

@@ -5,8 +5,8 @@
 
 Each fixture names its model in ``blob["kind"]``; ``PARITY_CHECKS[kind](blob, path)`` builds our module from
 ``blob["config"]``, loads the fixture weights strictly and yields ``(name, ours, expected)`` for every stored
-output. Float outputs must satisfy |ours - expected| <= ATOL + RTOL * |expected|; integer outputs (token ids)
-must be equal. Exit status 1 if any comparison fails or a fixture cannot be checked.
+output (and ``Reported`` distances, printed but not asserted). Float outputs must satisfy
+|ours - expected| <= ATOL + RTOL * |expected|; integer outputs (token ids) must be equal. Exit status 1 if any comparison fails or a fixture cannot be checked.
 
 ``--precision bf16`` runs our side under CPU bf16 autocast (with the fp32 parts of modeling/precision.py) against
 the fp32 expectations: the errors are reported, not asserted at the fp32 tolerance (only an unreadable fixture
@@ -28,6 +28,14 @@ from dinov3seg.modeling.encoders.dinov3 import DINOv3ViT
 
 ATOL = RTOL = 1e-4
 Comparison = Tuple[str, Tensor, Tensor]
+
+
+class Reported(NamedTuple):
+    """A distance that is printed, not asserted (e.g. to transformers' outputs, which differ by design)."""
+
+    name: str
+    ours: Tensor
+    reference: Tensor
 
 
 class ParityError(RuntimeError):
@@ -163,14 +171,6 @@ def check_dinov3_hf(blob: dict, path: Path) -> Iterator[Comparison]:
             model.rope_embed.periods = torch.tensor(config["meta"]["rope_periods_checkpoint"])
             transformers_outputs = {k: v for k, v in blob["outputs_transformers"][name].items() if k != "pooler_output"}
             yield from paired(f"{name}/fp32 periods/", ours, transformers_outputs)
-
-
-class Reported(NamedTuple):
-    """A distance that is printed, not asserted (e.g. to transformers' outputs, which differ by design)."""
-
-    name: str
-    ours: Tensor
-    reference: Tensor
 
 
 def build_dinotxt(config: dict, backbone: DINOv3ViT) -> DINOTxt:
