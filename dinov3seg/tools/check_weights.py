@@ -25,8 +25,8 @@ from dinov3seg.modeling.encoders.dinotxt import DINOTxt, DINOTxtTextTower, DINOT
 from dinov3seg.modeling.encoders.dinov3 import DINOv3ViT
 from dinov3seg.modeling.encoders.dinov3_weights import dinov3_state_dict
 from dinov3seg.modeling.encoders.sam import SAM_VARIANTS, SAMPriorEncoder
-from dinov3seg.modeling.encoders.weights import (HASH_CHECK_MODES, META_LAYOUT, WEIGHT_SPECS, WeightFileError, WeightSource,
-                                                  find_weights, load_strict, read_weights)
+from dinov3seg.modeling.encoders.weights import (HASH_CHECK_MODES, META_LAYOUT, WEIGHT_SPECS, WeightFileError,
+                                                  WeightSource, find_weights, load_strict, read_weights)
 
 from ..config import get_dinov3seg_cfg
 

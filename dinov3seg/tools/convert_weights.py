@@ -99,7 +99,7 @@ def _convert(source: Path, output: Path, cfg) -> List[str]:
         report.append(f"read:    {source} (dinov3seg training checkpoint, format {checkpoint['format']}, "
                       f"{len(state)} trainable tensors; optimizer and scheduler state left out)")
         save_state_dict(state, output, {SAFETENSORS_FORMAT_KEY: str(checkpoint["format"])})
-        key = "MODEL.WEIGHTS"
+        key, layout = "MODEL.WEIGHTS", "dinov3seg"
     else:
         name, key, weights, loader = _component(cfg, source)
         report.append(f"read:    {source} ({weights.container}, {weights.layout} keys, {len(weights.state_dict)} "
@@ -118,7 +118,8 @@ def _convert(source: Path, output: Path, cfg) -> List[str]:
         else:
             state = weights.state_dict
         report.append(f"checked: {loader(cfg, weights)}")
-        save_state_dict(state, output, {"dinov3seg_layout": META_LAYOUT})
+        layout = META_LAYOUT if name == "dinov3" else weights.layout
+        save_state_dict(state, output, {"dinov3seg_layout": layout})
     written = read_weights(str(output), config_key="OUTPUT", expected_name=output.name, request_url="-",
                            check_hash="off")
     unequal = sorted(k for k in state if k not in written.state_dict or not torch.equal(state[k],
@@ -126,7 +127,7 @@ def _convert(source: Path, output: Path, cfg) -> List[str]:
     extra = sorted(set(written.state_dict) - set(state))
     if unequal or extra:
         raise WeightFileError(f"'{output}' read back differs: {unequal[:5]} unequal or missing, {extra[:5]} extra")
-    report.append(f"wrote:   {output} ({written.container}, {META_LAYOUT} keys, {len(state)} tensors, "
+    report.append(f"wrote:   {output} ({written.container}, {layout} keys, {len(state)} tensors, "
                   f"{human_size(written.size)}); read back, every tensor equal")
     report.append(f"use it:  {key} {output}")
     return report

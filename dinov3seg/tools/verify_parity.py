@@ -6,7 +6,8 @@
 Each fixture names its model in ``blob["kind"]``; ``PARITY_CHECKS[kind](blob, path)`` builds our module from
 ``blob["config"]``, loads the fixture weights strictly and yields ``(name, ours, expected)`` for every stored
 output (and ``Reported`` distances, printed but not asserted). Float outputs must satisfy
-|ours - expected| <= ATOL + RTOL * |expected|; integer outputs (token ids) must be equal. Exit status 1 if any comparison fails or a fixture cannot be checked.
+|ours - expected| <= ATOL + RTOL * |expected|; integer outputs (token ids) must be equal. Exit status 1 if any
+comparison fails or a fixture cannot be checked.
 
 ``--precision bf16`` runs our side under CPU bf16 autocast (with the fp32 parts of modeling/precision.py) against
 the fp32 expectations: the errors are reported, not asserted at the fp32 tolerance (only an unreadable fixture

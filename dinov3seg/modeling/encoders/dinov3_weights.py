@@ -119,8 +119,8 @@ def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: DINOv3ViT,
         for hf_part, meta_part in (("attention.o_proj", "attn.proj"), ("mlp.up_proj", "mlp.fc1"),
                                    ("mlp.down_proj", "mlp.fc2")):
             take(f"{hf}{hf_part}.weight", f"{meta}{meta_part}.weight")
-            take(f"{hf}{hf_part}.bias", f"{meta}{meta_part}.bias", required=bool(config["proj_bias" if "o_proj" in
-                                                                                       hf_part else "mlp_bias"]))
+            has_bias = config["proj_bias" if hf_part == "attention.o_proj" else "mlp_bias"]
+            take(f"{hf}{hf_part}.bias", f"{meta}{meta_part}.bias", required=bool(has_bias))
         take(f"{hf}layer_scale1.lambda1", f"{meta}ls1.gamma")
         take(f"{hf}layer_scale2.lambda1", f"{meta}ls2.gamma")
         weights = [take(f"{hf}attention.{p}_proj.weight") for p in "qkv"]
@@ -131,8 +131,8 @@ def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: DINOv3ViT,
         out[f"{meta}attn.qkv.weight"] = torch.cat(weights, dim=0)
         zeros = torch.zeros_like(weights[0][:, 0])
         out[f"{meta}attn.qkv.bias"] = torch.cat([b if b is not None else zeros for b in biases])
-        mask = [torch.ones_like(zeros), torch.ones_like(zeros) if biases[1] is not None else zeros, torch.ones_like(zeros)]
-        out[f"{meta}attn.qkv.bias_mask"] = torch.cat(mask)
+        ones = torch.ones_like(zeros)
+        out[f"{meta}attn.qkv.bias_mask"] = torch.cat([ones, ones if biases[1] is not None else zeros, ones])
     if missing or source:
         raise WeightFileError(
             f"MODEL.DINOV3.WEIGHTS: the Hugging Face state dict does not match a {len(model.blocks)}-block DINOv3 "

@@ -55,6 +55,7 @@ WEIGHT_SPECS: Dict[str, dict] = {
                     file_names=_released("dinov3_vitl16_dinotxt_vision_head_and_text_encoder-a442d8f5.pth")),
     "anyup": dict(config_key="MODEL.ANYUP.WEIGHTS", expected_name="anyup_multi_backbone.pth (or anyup_paper.pth)",
                   request_url=ANYUP_URL, expect_keys=("rope.freqs", "cross_decode.", "key_features_encoder.0.basis"),
+                  released_layout="AnyUp's",
                   file_names=_released("anyup_multi_backbone.pth", "anyup_paper.pth")),
     "sam_vit_l": dict(config_key="MODEL.SAM.WEIGHTS", expected_name="sam_vit_l_0b3195.pth",
                       request_url=SAM_URL + "sam_vit_l_0b3195.pth", expect_keys=("image_encoder.pos_embed",),
@@ -132,7 +133,8 @@ def _one_line(err: BaseException) -> str:
 
 # ---------------------------------------------------------------------------------------------- where the file is
 def weight_folders(weights_dir: str = "") -> List[Tuple[str, Optional[Path]]]:
-    """(setting, folder or None when unset) in search order: MODEL.ENCODER_WEIGHTS_DIR, $DINOV3SEG_WEIGHTS, ./weights."""
+    """(setting, folder or None when unset), in search order: MODEL.ENCODER_WEIGHTS_DIR, $DINOV3SEG_WEIGHTS,
+    ./weights (relative to the working directory)."""
     env = os.environ.get(WEIGHTS_DIR_ENV, "")
     return [(WEIGHTS_DIR_KEY, Path(weights_dir).expanduser() if weights_dir else None),
             (f"${WEIGHTS_DIR_ENV}", Path(env).expanduser() if env else None),
@@ -191,7 +193,7 @@ class WeightSource:
     path: Path  # the file or folder the config named
     files: List[Path]  # the files holding the tensors (several for a sharded checkpoint)
     container: str  # "torch .pth", "safetensors", "Hugging Face folder (model.safetensors)" ...
-    layout: str  # META_LAYOUT (the released key names) or another ``other_layouts`` name, e.g. "Hugging Face"
+    layout: str  # "Meta" (the released key names; AnyUp's own) or an ``other_layouts`` name: "Hugging Face"
     state_dict: Dict[str, torch.Tensor]
     hf_config: Optional[dict] = None  # config.json beside the weights, if any
     hash: str = "not checked"  # the verdict of the sha256 check
@@ -282,7 +284,7 @@ def _read_folder(folder: Path, fail) -> Tuple[Dict[str, torch.Tensor], List[Path
 def read_weights(path: str, *, config_key: str, expected_name: str, request_url: str,
                  sha_prefix: Optional[str] = None, check_hash: Union[bool, str] = True,
                  expect_keys: Sequence[str] = (), other_layouts: Optional[Dict[str, Sequence[str]]] = None,
-                 also_at: str = "", hash_cache: bool = True, **_) -> WeightSource:
+                 also_at: str = "", hash_cache: bool = True, released_layout: str = META_LAYOUT, **_) -> WeightSource:
     """Read the weights at ``path`` (a resolved ``find_weights`` path) without a second copy in memory.
 
     Args:
@@ -297,7 +299,8 @@ def read_weights(path: str, *, config_key: str, expected_name: str, request_url:
         check_hash: what a hash mismatch does (``MODEL.WEIGHT_HASH_CHECK``): "error" (or True) refuses the
             file, "warn" logs it and loads the file (the key and shape checks still apply), "off" (or False)
             does not hash at all.
-        expect_keys: keys (or key prefixes) the released checkpoint holds (layout "Meta").
+        expect_keys: keys (or key prefixes) the released checkpoint holds (its layout is called ``released_layout``:
+            "Meta" for Meta's files).
         other_layouts: other key layouts the component comes in, name -> identifying keys (DINOv3: "Hugging Face").
         hash_cache: reuse the sha256 remembered for this very file (``cached_sha256``); False hashes afresh.
     """
@@ -347,7 +350,7 @@ def read_weights(path: str, *, config_key: str, expected_name: str, request_url:
     if not isinstance(state_dict, dict) or not all(torch.is_tensor(v) for v in state_dict.values()):
         found = sorted(state_dict)[:8] if isinstance(state_dict, dict) else type(state_dict).__name__
         fail(f"'{path}' is not a flat {{key: tensor}} state dict (found {found})")
-    layouts = {META_LAYOUT: tuple(expect_keys), **(other_layouts or {})}
+    layouts = {released_layout: tuple(expect_keys), **(other_layouts or {})}
     layout = next((name for name, keys in layouts.items()
                    if all(any(k == p or k.startswith(p) for k in state_dict) for p in keys)), None)
     if layout is None:
