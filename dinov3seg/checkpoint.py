@@ -21,6 +21,7 @@ from .modeling.encoders.weights import WeightFileError
 # Version of what a checkpoint's "model" holds; bump it when saved parameters change meaning.
 # 1 (no "format" key): the head before CAT-Seg parity (issue 10). 2: the head computes CAT-Seg's Aggregator.
 CHECKPOINT_FORMAT = 2
+SAFETENSORS_FORMAT_KEY = "dinov3seg_checkpoint_format"  # CHECKPOINT_FORMAT in a .safetensors export's metadata
 
 
 @contextmanager
@@ -37,6 +38,19 @@ def atomic_write(path: str, mode: str = "wb"):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def read_trained_safetensors(filename: str) -> dict:
+    """A ``.safetensors`` export of a training checkpoint's ``model`` (``convert_weights`` writes it with
+    ``dinov3seg_checkpoint_format`` in its metadata) as the checkpoint dict ``_load_model`` takes."""
+    from safetensors import safe_open
+
+    with safe_open(filename, framework="pt", device="cpu") as f:
+        metadata = f.metadata() or {}
+        model = {key: f.get_tensor(key) for key in f.keys()}
+    if SAFETENSORS_FORMAT_KEY in metadata:
+        return {"model": model, "format": int(metadata[SAFETENSORS_FORMAT_KEY])}
+    return {"model": model, "format": CHECKPOINT_FORMAT}  # no version stamp: the strict key and shape checks decide
 
 
 class DINOv3SegCheckpointer(DetectionCheckpointer):
@@ -75,11 +89,13 @@ class DINOv3SegCheckpointer(DetectionCheckpointer):
             raise mark_input_error(err, f"{self.source} '{path}'")
 
     def _load_file(self, filename: str):
-        if not filename.endswith(".pth"):
-            raise WeightFileError(f"{self.source}: dinov3seg checkpoints are .pth files saved by training; "
-                                  f"got '{filename}'")
+        if not filename.endswith((".pth", ".safetensors")):
+            raise WeightFileError(f"{self.source}: dinov3seg checkpoints are .pth files saved by training (or their "
+                                  f".safetensors export, python -m dinov3seg.tools.convert_weights); got '{filename}'")
         try:
-            with self.path_manager.open(filename, "rb") as f:
+            if filename.endswith(".safetensors"):
+                return read_trained_safetensors(filename)
+            with self.path_manager.open(filename, "rb") as f:  # small (trainable parameters only): read, not mapped
                 data = torch.load(f, map_location="cpu", weights_only=True)
         except Exception as err:  # zip, unpickling and I/O errors all mean "not a usable checkpoint"
             fix = ("copy it again, or name an earlier model_*.pth in that last_checkpoint file"

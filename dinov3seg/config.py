@@ -42,10 +42,15 @@ def add_dinov3seg_config(cfg):
     # mismatch and loads (re-saved / converted copies are common; strict key + shape checks always run),
     # "error" refuses the file, "off" skips hashing.
     cfg.MODEL.WEIGHT_HASH_CHECK = "warn"
+    # Folder searched for a MODEL.*.WEIGHTS value that is a bare file name (the configs give the released names),
+    # before $DINOV3SEG_WEIGHTS and ./weights; a value with a folder part is used as it is. "" = not set.
+    cfg.MODEL.ENCODER_WEIGHTS_DIR = ""
 
     # --- DINOv3 ViT backbone (frozen) ---
     cfg.MODEL.DINOV3 = CN()
-    cfg.MODEL.DINOV3.WEIGHTS = ""  # dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth; "" = random init
+    # dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth, a .safetensors (Meta or Hugging Face keys) or a Hugging Face
+    # folder (config.json + model*.safetensors, or a hub-cache snapshot); "" = random init
+    cfg.MODEL.DINOV3.WEIGHTS = ""
     cfg.MODEL.DINOV3.EMBED_DIM = 1024
     cfg.MODEL.DINOV3.DEPTH = 24
     cfg.MODEL.DINOV3.NUM_HEADS = 16

@@ -46,17 +46,34 @@ def test_wrong_shapes_fail_with_the_component(tmp_path):
     assert r.status == "FAIL" and "AnyUp" in r.message and "shape mismatch" in r.message
 
 
-def test_dinov3_hash_suffix_is_checked(tmp_path):
+def test_dinov3_hash_check_follows_the_config_key_and_the_flag(tmp_path, capsys):
+    """MODEL.WEIGHT_HASH_CHECK decides what a mismatch does (error: FAIL, warn: WARN and loads, off: no hash);
+    --no-hash-check is off whatever the config says."""
     backbone = DINOv3ViT(embed_dim=64, depth=2, num_heads=2)  # quickstart's backbone
     path = tmp_path / "dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth"
-    torch.save(backbone.state_dict(), path)
-    r = _results(["MODEL.DINOV3.WEIGHTS", str(path)])["MODEL.DINOV3.WEIGHTS"]
+    torch.save(backbone.state_dict(), path)  # the released name, other bytes
+
+    def result(mode, check_hash=True):
+        opts = EMPTY + ["MODEL.DINOV3.WEIGHTS", str(path), "MODEL.WEIGHT_HASH_CHECK", mode]
+        return {r.key: r for r in cw.check_weights(setup_cfg("configs/quickstart.yaml", opts),
+                                                   check_hash=check_hash)}["MODEL.DINOV3.WEIGHTS"]
+
+    r = result("error")
     assert r.status == "FAIL" and r.hash.startswith("MISMATCH")
     assert "MODEL.DINOV3.WEIGHTS" in r.message and "8aa4cbdd" in r.message
-    cfg = setup_cfg("configs/quickstart.yaml", EMPTY + ["MODEL.DINOV3.WEIGHTS", str(path)])
-    r = {x.key: x for x in cw.check_weights(cfg, check_hash=False)}["MODEL.DINOV3.WEIGHTS"]
-    assert r.status == "OK", r.message
-    assert r.hash.startswith("skipped")
+    r = result("warn")
+    assert r.status == "WARN" and r.hash.startswith("MISMATCH") and "loaded strictly" in r.message, r.message
+    assert r.layout == "torch .pth, Meta keys" and r.size == path.stat().st_size
+    r = result("off")
+    assert r.status == "OK" and r.hash.startswith("skipped"), r.message
+    r = result("error", check_hash=False)  # --no-hash-check wins over the config's "error"
+    assert r.status == "OK" and r.hash.startswith("skipped"), r.message
+    opts = [*EMPTY, "MODEL.DINOV3.WEIGHTS", str(path), "MODEL.WEIGHT_HASH_CHECK", "error"]
+    assert cw.main(["--config-file", "configs/quickstart.yaml", "--opts", *opts]) == 1
+    assert cw.main(["--config-file", "configs/quickstart.yaml", "--no-hash-check", "--opts", *opts]) == 0
+    out = capsys.readouterr().out
+    assert "[FAIL] MODEL.DINOV3.WEIGHTS" in out and "[OK] MODEL.DINOV3.WEIGHTS" in out
+    assert "skipped (MODEL.WEIGHT_HASH_CHECK off)" in out
 
 
 def test_sam_custom_checkpoint_loads_ok(tmp_path):

@@ -35,7 +35,7 @@ from ..data.vocabulary import validate_vocabulary
 from ..inference.lga import LocalGlobalAggregation, window_offsets
 from .encoders import build_anyup, build_dinotxt
 from .encoders.tokenizer import build_tokenizer
-from .encoders.weights import WEIGHT_SPECS, WeightFileError
+from .encoders.weights import WEIGHT_SPECS, WeightFileError, weight_path
 from .head.cost_volume import cosine_cost_volume, select_text_halves
 from .meta_arch_common import configured_test_vocabulary, patch_features, to_output_size
 from .text_embeddings import TextEmbedder, average_templates
@@ -54,10 +54,12 @@ def check_weight_files(cfg) -> None:
     lines = []
     for name in ("dinov3", "dinotxt"):
         spec = WEIGHT_SPECS[name]
-        path = cfg
-        for part in spec["config_key"].split("."):
-            path = path[part]
-        if not path or not os.path.isfile(path):
+        try:
+            path = weight_path(cfg, name)
+        except WeightFileError as err:  # a bare file name found in none of the weights folders
+            lines.append(f"  {str(err).split(' Put the file')[0]}")
+            continue
+        if not path or not os.path.exists(path):
             state = "is not set" if not path else f"= '{path}' does not exist"
             lines.append(f"  {spec['config_key']} {state}: point it to {spec['expected_name']}")
     if lines:

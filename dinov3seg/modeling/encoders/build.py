@@ -1,30 +1,46 @@
-"""Build the frozen encoders from the config, loading each from its user-supplied file."""
+"""Build the frozen encoders from the config, loading each from its user-supplied file.
+
+A component whose file is given is built on the meta device and takes the file's memory-mapped tensors
+(``load_strict`` / ``load_state_dict(assign=True)``): no random initialisation and no second copy of the weights.
+"""
+import contextlib
 from typing import Optional
+
+import torch
 
 from .anyup import AnyUp
 from .dinotxt import DINOTxt, DINOTxtTextTower, DINOTxtVisionHead
 from .dinov3 import DINOv3ViT
+from .dinov3_weights import load_dinov3_weights
 from .sam import SAM_VARIANTS, SAMPriorEncoder
-from .weights import WEIGHT_SPECS, load_strict, load_weight_file
+from .weights import WEIGHT_SPECS, read_weights, weight_path
 
 # Text-tower parameters trained by MODEL.DINOTXT.TEXT_FINETUNE="attention".
 ATTENTION_PARAMS = (".attention.qkv.", ".attention.proj.")
 
 
+def built_for(path: str):
+    """The meta device when ``path`` will fill the module being built (it is assigned, not copied), else no-op."""
+    return torch.device("meta") if path else contextlib.nullcontext()
+
+
 def build_dinotxt(cfg) -> DINOTxt:
     """DINOv3 backbone + dinov3.txt head and text tower, frozen except the text parts TEXT_FINETUNE names."""
-    c = cfg.MODEL.DINOV3
-    backbone = DINOv3ViT(embed_dim=c.EMBED_DIM, depth=c.DEPTH, num_heads=c.NUM_HEADS)
-    t = cfg.MODEL.DINOTXT
-    head = DINOTxtVisionHead(c.EMBED_DIM, c.NUM_HEADS, num_blocks=2)
-    text = DINOTxtTextTower(width=t.TEXT_WIDTH, heads=t.TEXT_HEADS, layers=t.TEXT_LAYERS, output_dim=2 * c.EMBED_DIM)
+    c, t = cfg.MODEL.DINOV3, cfg.MODEL.DINOTXT
+    backbone_path, dinotxt_path = weight_path(cfg, "dinov3"), weight_path(cfg, "dinotxt")
+    with built_for(backbone_path):
+        backbone = DINOv3ViT(embed_dim=c.EMBED_DIM, depth=c.DEPTH, num_heads=c.NUM_HEADS)
+    with built_for(dinotxt_path):
+        head = DINOTxtVisionHead(c.EMBED_DIM, c.NUM_HEADS, num_blocks=2)
+        text = DINOTxtTextTower(width=t.TEXT_WIDTH, heads=t.TEXT_HEADS, layers=t.TEXT_LAYERS,
+                                output_dim=2 * c.EMBED_DIM)
     model = DINOTxt(backbone, head, text)
     check_hash = cfg.MODEL.WEIGHT_HASH_CHECK
-    if c.WEIGHTS:
-        load_strict(backbone, load_weight_file(c.WEIGHTS, **WEIGHT_SPECS["dinov3"], check_hash=check_hash),
-                    component="DINOv3 ViT")
-    if t.WEIGHTS:
-        model.load_dinotxt_state_dict(load_weight_file(t.WEIGHTS, **WEIGHT_SPECS["dinotxt"], check_hash=check_hash))
+    if backbone_path:
+        load_dinov3_weights(backbone, backbone_path, check_hash=check_hash)
+    if dinotxt_path:
+        source = read_weights(dinotxt_path, **WEIGHT_SPECS["dinotxt"], check_hash=check_hash)
+        model.load_dinotxt_state_dict(source.state_dict)
     model.requires_grad_(False)
     mode = t.TEXT_FINETUNE
     if mode == "full":
@@ -44,7 +60,8 @@ def build_anyup(cfg) -> Optional[AnyUp]:
         return None
     if c.OUTPUT_STRIDE not in (16, 8, 4):
         raise ValueError(f"MODEL.ANYUP.OUTPUT_STRIDE must be 16, 8 or 4, got {c.OUTPUT_STRIDE}")
-    return AnyUp(qk_dim=c.QK_DIM, q_chunk_size=c.QUERY_CHUNK_SIZE or None).load_weights(c.WEIGHTS).requires_grad_(False)
+    anyup = AnyUp(qk_dim=c.QK_DIM, q_chunk_size=c.QUERY_CHUNK_SIZE or None)
+    return anyup.load_weights(weight_path(cfg, "anyup")).requires_grad_(False)
 
 
 def sam_sizes(cfg) -> dict:
@@ -64,6 +81,8 @@ def build_sam(cfg, view_size: int) -> Optional[SAMPriorEncoder]:
     if not c.ENABLED:
         return None
     variant = None if c.VARIANT == "custom" else c.VARIANT
-    sam = SAMPriorEncoder(variant, c.INPUT_SIZE or view_size, **sam_sizes(cfg))
-    sam.load_weights(c.WEIGHTS)
+    path = weight_path(cfg, f"sam_{c.VARIANT}" if f"sam_{c.VARIANT}" in WEIGHT_SPECS else "sam_vit_l")
+    with built_for(path):
+        sam = SAMPriorEncoder(variant, c.INPUT_SIZE or view_size, **sam_sizes(cfg))
+    sam.load_weights(path)
     return sam

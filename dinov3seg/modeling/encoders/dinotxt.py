@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .dinov3 import Attention, Block, DINOv3ViT, Mlp, dinov3_vitl16
+from .weights import fit_dtypes, on_meta
 
 
 class SwiGLUFFN(nn.Module):
@@ -200,7 +201,8 @@ class DINOTxt(nn.Module):
         ``dinov3_vitl16_dinotxt_vision_head_and_text_encoder-a442d8f5.pth``); the backbone is loaded separately.
 
         Strict for the vision head and text tower. A missing ``logit_scale`` is tolerated (kept at log(1/0.07))
-        and reported in ``missing_keys``; any other missing or unexpected key raises ``KeyError``.
+        and reported in ``missing_keys``; any other missing or unexpected key raises ``KeyError``. A head and text
+        tower built on the meta device take the file's tensors themselves (``assign``, no copy).
         """
         mapped, unexpected = {}, []
         for key, value in file_state_dict.items():
@@ -209,7 +211,10 @@ class DINOTxt(nn.Module):
                 unexpected.append(key)
             else:
                 mapped[FILE_PREFIXES[prefix] + key[len(prefix) :]] = value
-        result = self.load_state_dict(mapped, strict=False)
+        assign = on_meta(self.vision_head) or on_meta(self.text)
+        if assign:  # only tensors of another dtype are cast; the rest stay views of the (memory-mapped) file
+            mapped = fit_dtypes(mapped, self.state_dict())
+        result = self.load_state_dict(mapped, strict=False, assign=assign)
         unexpected += result.unexpected_keys
         missing = [k for k in result.missing_keys if not k.startswith("backbone.")]
         if unexpected or [k for k in missing if k != "logit_scale"]:

@@ -112,16 +112,24 @@ class PatchEmbed(nn.Module):
         return self.proj(x).permute(0, 2, 3, 1)
 
 
+def rope_periods(head_dim: int, base: float = 100.0, rounding: Optional[torch.dtype] = torch.bfloat16) -> Tensor:
+    """``base ** (2i / (head_dim/2))``, i < head_dim/4, as fp32 [head_dim/4]; ``rounding`` bf16 gives the values
+    Meta's ViT-L checkpoints store (trained with ``pos_embed_rope_dtype: bf16``), None the unrounded fp32 ones
+    that transformers' ``DINOv3ViTModel`` uses."""
+    exponents = 2 * torch.arange(head_dim // 4, dtype=torch.float32, device="cpu") / (head_dim // 2)
+    periods = base**exponents
+    return periods.to(rounding).float() if rounding is not None else periods
+
+
 class RopeEmbedding(nn.Module):
     """Axial 2-D RoPE (``normalize_coords="separate"``, eval mode); ``periods`` [head_dim/4] is a checkpoint buffer.
 
-    A fresh buffer holds ``base ** (2i / (head_dim/2))`` rounded to bf16, the values the released files store.
+    A fresh buffer holds ``rope_periods(head_dim, base)``, the bf16-rounded values the released files store.
     """
 
     def __init__(self, head_dim: int, base: float = 100.0):
         super().__init__()
-        exponents = 2 * torch.arange(head_dim // 4, dtype=torch.float32) / (head_dim // 2)
-        self.register_buffer("periods", (base**exponents).to(torch.bfloat16).float())
+        self.register_buffer("periods", rope_periods(head_dim, base).to(torch.empty(0).device))
 
     def forward(self, *, H: int, W: int) -> Tuple[Tensor, Tensor]:
         """Returns (sin, cos), each [H*W, head_dim] in fp32, for a row-major H x W patch grid."""
@@ -236,9 +244,13 @@ class DINOv3ViT(nn.Module):
 
 
 def dinov3_vitl16(weights: Optional[str] = None) -> DINOv3ViT:
-    """DINOv3 ViT-L/16 (1024 dim, 24 blocks, 16 heads, 4 storage tokens); optionally loads Meta's checkpoint
-    (e.g. ``dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth``) strictly."""
-    model = DINOv3ViT()
-    if weights is not None:
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True), strict=True)
+    """DINOv3 ViT-L/16 (1024 dim, 24 blocks, 16 heads, 4 storage tokens); optionally loads its weights strictly
+    (Meta's ``dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth``, a ``.safetensors`` or a Hugging Face folder)."""
+    if weights is None:
+        return DINOv3ViT()
+    from .dinov3_weights import load_dinov3_weights
+
+    with torch.device("meta"):
+        model = DINOv3ViT()
+    load_dinov3_weights(model, weights)
     return model

@@ -139,7 +139,8 @@ class SAMPriorEncoder(nn.Module):
                            dropped_prefixes=("prompt_encoder.", "mask_decoder."), component="SAM image encoder")
 
     def load_weights(self, path: str) -> List[str]:
-        """Load ``sam_vit_{l,b}_*.pth`` strictly; an empty path keeps the random initialisation."""
+        """Load ``sam_vit_{l,b}_*.pth`` (or a ``.safetensors`` copy) strictly; an empty path keeps the random
+        initialisation. An encoder built on the meta device takes the file's tensors without a copy."""
         if not path:
             return []
         spec = WEIGHT_SPECS.get(f"sam_{self.variant}", WEIGHT_SPECS["sam_vit_l"])
