@@ -121,6 +121,14 @@ class DINOv3SegCheckpointer(DetectionCheckpointer):
         state = checkpoint["model"]
         expected = set(self.model.trainable_state_dict())
         missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        random_parts = tuple(f"{m}." for m in getattr(self.model, "random_init_encoders", list)())
+        if missing and all(k.startswith(random_parts) for k in missing):
+            raise KeyError(
+                f"checkpoint lacks the randomly initialised encoder parts of this model ({len(missing)} tensors under "
+                f"{sorted({k.split('.')[0] + '.' + k.split('.')[1] for k in missing})[:6]}): it was saved by an "
+                "older dinov3seg, which did not store encoders built without a weight file, so they cannot be "
+                "rebuilt as trained. Retrain it (e.g. the quickstart) with this version, or set the encoder "
+                "WEIGHTS keys to the files it was trained with.")
         if missing or unexpected:
             raise KeyError(
                 "checkpoint does not match this model's trainable parameters (were the config's head / "

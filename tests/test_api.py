@@ -84,7 +84,9 @@ def quickstart_checkpoint(tmp_path_factory):
 
 def test_quickstart_by_name_with_weights_on_every_input_kind(quickstart_checkpoint, tmp_path):
     path, reference = quickstart_checkpoint
-    torch.manual_seed(0)  # the frozen encoders are random here (no weight files): the same as the reference's
+    # The frozen encoders are random here (no weight files): the checkpoint stores them, so another seed
+    # at load time still rebuilds the model that was saved.
+    torch.manual_seed(123)
     segmenter = Segmenter("quickstart", weights=str(path))
     assert segmenter.score_type == "sigmoid"
     rng = np.random.default_rng(0)
@@ -240,3 +242,21 @@ def test_the_readme_example_runs_as_written(quickstart_checkpoint, tmp_path, mon
     exec(compile(code, "README.md", "exec"), namespace)
     assert isinstance(namespace["result"], Segmentation)
     assert namespace["result"].labels.shape == (60, 80)
+
+
+def test_checkpoint_without_the_random_encoders_is_refused_with_the_reason(quickstart_checkpoint, tmp_path):
+    """A checkpoint of an older dinov3seg holds no random-init encoders: loading it would give noise, so it is refused."""
+    from detectron2.modeling import build_model
+
+    from dinov3seg.checkpoint import CHECKPOINT_FORMAT, DINOv3SegCheckpointer
+
+    path, reference = quickstart_checkpoint
+    random_parts = tuple(f"{m}." for m in reference.random_init_encoders())
+    assert {"dinotxt.backbone", "sam", "anyup"} <= set(reference.random_init_encoders())
+    state = torch.load(path, weights_only=True)["model"]
+    assert any(k.startswith(random_parts) for k in state)
+    old = {k: v for k, v in state.items() if not k.startswith(random_parts) or k.startswith("dinotxt.text.")}
+    torch.save({"model": old, "format": CHECKPOINT_FORMAT}, tmp_path / "old.pth")
+    model = build_model(dinov3seg.get_dinov3seg_cfg(str(ROOT / "configs" / "quickstart.yaml")))
+    with pytest.raises(KeyError, match="older dinov3seg, which did not store encoders built without a weight file"):
+        DINOv3SegCheckpointer(model).load(str(tmp_path / "old.pth"))

@@ -124,12 +124,17 @@ class DINOv3Seg(nn.Module):
         """Set the class names used at test time (each may hold comma-separated synonyms)."""
         self.test_class_names = validate_vocabulary(list(class_names), "the test vocabulary")
 
+    def random_init_encoders(self) -> List[str]:
+        """Names of the encoder parts that no weight file filled (e.g. the quickstart's): a checkpoint holds them."""
+        return [name for name, module in self.named_modules() if getattr(module, "random_init", False)]
+
     def trainable_state_dict(self) -> Dict[str, torch.Tensor]:
-        """What a checkpoint holds: the head, plus any tuned encoder parameters. Frozen encoders are
-        rebuilt from their own weight files."""
+        """What a checkpoint holds: the head, any tuned encoder parameters and the encoder parts built without
+        a weight file (their random values cannot be rebuilt). Encoders read from files are rebuilt from them."""
         tuned = {n for n, p in self.named_parameters() if p.requires_grad}
+        stored = tuple(f"{m}." for m in self.random_init_encoders())
         return {k: v for k, v in self.state_dict().items()
-                if k in tuned or not k.startswith(tuple(f"{m}." for m in self.ENCODERS))}
+                if k in tuned or k.startswith(stored) or not k.startswith(tuple(f"{m}." for m in self.ENCODERS))}
 
     def picked_precision(self) -> Tuple[str, str]:
         """("bf16" | "fp32", reason) that MODEL.DINOV3SEG.PRECISION gives on the model's current device;

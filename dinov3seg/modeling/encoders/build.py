@@ -24,6 +24,13 @@ def built_for(path: str):
     return torch.device("meta") if path else contextlib.nullcontext()
 
 
+def mark_random_init(module: torch.nn.Module, path: str) -> torch.nn.Module:
+    """Record whether ``module`` keeps its random initialisation (no weight file). Such a module cannot be
+    rebuilt from a file, so training checkpoints store it (``DINOv3Seg.trainable_state_dict``)."""
+    module.random_init = not path
+    return module
+
+
 def build_dinotxt(cfg) -> DINOTxt:
     """DINOv3 backbone + dinov3.txt head and text tower, frozen except the text parts TEXT_FINETUNE names."""
     c, t = cfg.MODEL.DINOV3, cfg.MODEL.DINOTXT
@@ -34,6 +41,9 @@ def build_dinotxt(cfg) -> DINOTxt:
         head = DINOTxtVisionHead(c.EMBED_DIM, c.NUM_HEADS, num_blocks=2)
         text = DINOTxtTextTower(width=t.TEXT_WIDTH, heads=t.TEXT_HEADS, layers=t.TEXT_LAYERS,
                                 output_dim=2 * c.EMBED_DIM)
+    mark_random_init(backbone, backbone_path)
+    mark_random_init(head, dinotxt_path)
+    mark_random_init(text, dinotxt_path)
     model = DINOTxt(backbone, head, text)
     check_hash = cfg.MODEL.WEIGHT_HASH_CHECK
     if backbone_path:
@@ -61,7 +71,8 @@ def build_anyup(cfg) -> Optional[AnyUp]:
     if c.OUTPUT_STRIDE not in (16, 8, 4):
         raise ValueError(f"MODEL.ANYUP.OUTPUT_STRIDE must be 16, 8 or 4, got {c.OUTPUT_STRIDE}")
     anyup = AnyUp(qk_dim=c.QK_DIM, q_chunk_size=c.QUERY_CHUNK_SIZE or None)
-    return anyup.load_weights(weight_path(cfg, "anyup")).requires_grad_(False)
+    path = weight_path(cfg, "anyup")
+    return mark_random_init(anyup.load_weights(path).requires_grad_(False), path)
 
 
 def sam_sizes(cfg) -> dict:
@@ -85,4 +96,4 @@ def build_sam(cfg, view_size: int) -> Optional[SAMPriorEncoder]:
     with built_for(path):
         sam = SAMPriorEncoder(variant, c.INPUT_SIZE or view_size, **sam_sizes(cfg))
     sam.load_weights(path)
-    return sam
+    return mark_random_init(sam, path)
