@@ -182,7 +182,10 @@ def dataset_vocabulary(name: str) -> List[str]:
 def expand_inputs(patterns: Sequence[str], extensions=IMAGE_EXTENSIONS, flag: str = "--input") -> List[str]:
     """Files, directories (their files with ``extensions``) and globs -> sorted unique paths."""
     paths = []
+    what = "image" if flag == "--input" else "video"
     for pattern in patterns:
+        if not glob.has_magic(pattern) and not os.path.exists(pattern):
+            raise DemoError(f"{what} '{pattern}' does not exist")
         if os.path.isdir(pattern):
             paths += [
                 os.path.join(pattern, f)
@@ -195,7 +198,6 @@ def expand_inputs(patterns: Sequence[str], extensions=IMAGE_EXTENSIONS, flag: st
             paths += sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
     unique = list(dict.fromkeys(paths))
     if not unique:
-        what = "image" if flag == "--input" else "video"
         raise DemoError(f"{flag} {' '.join(patterns)} matched no {what} files")
     return unique
 

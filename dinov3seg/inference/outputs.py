@@ -112,11 +112,12 @@ def plot_class_shares(times: Sequence[float], shares: Dict[str, Sequence[float]]
     colors = dict(zip(shares, class_colors(len(shares))))
     figure = Figure(figsize=(9, 4.5), dpi=100)
     axes = figure.add_subplot(1, 1, 1)
+    named = {}
     for rank, name in reversed(list(enumerate(names))):  # top classes drawn last, on top
         values = 100 * np.asarray(shares[name], dtype=float)
         if rank < top and values.max(initial=0) > 0:
-            axes.plot(times, values, color=np.array(colors.get(name, (128, 128, 128))) / 255, linewidth=2,
-                      label=f"{name} ({values.mean():.1f}%)", marker="o" if len(times) < 30 else None)
+            named[rank] = axes.plot(times, values, color=np.array(colors[name]) / 255, linewidth=2,
+                                    label=f"{name} ({values.mean():.1f}%)", marker="o" if len(times) < 30 else None)[0]
         else:
             axes.plot(times, values, color="0.75", linewidth=0.8)
     axes.set_xlabel("time (s)")
@@ -124,8 +125,9 @@ def plot_class_shares(times: Sequence[float], shares: Dict[str, Sequence[float]]
     axes.set_ylim(0, 100)
     axes.set_title(title or "class share over time")
     axes.grid(alpha=0.3)
-    if axes.get_legend_handles_labels()[0]:
-        axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
+    if named:  # largest mean share first
+        axes.legend(handles=[named[r] for r in sorted(named)], loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                    fontsize=9, frameon=False)
     figure.tight_layout()
     with atomic_write(path) as f:
         figure.savefig(f, format="png")

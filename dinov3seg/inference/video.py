@@ -46,8 +46,8 @@ def sniff_codec(path: str) -> Optional[str]:
     with open(path, "rb") as f:
         head = f.read(1 << 20)
     if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
-        at = head.find(b"strhvids")
-        if at >= 0:
+        at = head.find(b"strh")  # "strh", size(4), "vids", codec fourcc(4)
+        if at >= 0 and head[at + 8 : at + 12] == b"vids":
             return head[at + 12 : at + 16].decode("latin-1").strip("\x00 ") or None
     at = head.find(b"stsd")
     if at >= 0 and at + 20 <= len(head):
