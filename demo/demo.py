@@ -376,7 +376,7 @@ def run(args) -> int:
         os.makedirs(os.path.join(args.output, "labels"), exist_ok=True)
         total = len(image_jobs) + sum(len(r) for r, _ in video_jobs)
         unit = "frame" if video_jobs and not image_jobs else "image" if image_jobs and not video_jobs else "item"
-        with tqdm(total=total or None, desc="segmenting", unit=unit, disable=total < 2, smoothing=0.1) as bar:
+        with tqdm(total=total or None, desc="segmenting", unit=unit, disable=total == 1, smoothing=0.1) as bar:
             if image_jobs:
                 done, failures, table = segment_images(segmenter, image_jobs, class_names, options, args,
                                                        image_settings, bar)
