@@ -14,6 +14,7 @@ from PIL import Image
 
 from dinov3seg import Segmenter
 from dinov3seg.inference.video import TemporalSmoother, VideoReader, VideoWriter, flicker, prefetch, sniff_codec
+from dinov3seg.tools.video_benchmark import moving_clip, noisy_static_clip, write
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("dinov3seg_demo_video", ROOT / "demo" / "demo.py")
@@ -28,32 +29,18 @@ FPS, WIDTH, HEIGHT, FRAMES = 12.0, 80, 64, 8
 
 def write_clip(path: Path, frames) -> Path:
     """RGB frames -> an mp4 (mp4v) at FPS."""
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (WIDTH, HEIGHT))
-    for rgb in frames:
-        writer.write(np.ascontiguousarray(rgb[:, :, ::-1]))
-    writer.release()
+    write(str(path), frames, HEIGHT, WIDTH, FPS)
     return path
 
 
 def moving_shapes(count: int = FRAMES):
-    """A red square and a green disc moving over blue."""
-    y, x = np.mgrid[0:HEIGHT, 0:WIDTH]
-    for t in range(count):
-        rgb = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
-        rgb[:] = (40, 60, 220)
-        rgb[8:32, 4 + 6 * t : 28 + 6 * t] = (220, 40, 40)
-        rgb[(y - 44) ** 2 + (x - 70 + 5 * t) ** 2 < 120] = (40, 200, 60)
-        yield rgb
+    """A red box and a green disc moving over blue."""
+    return moving_clip(HEIGHT, WIDTH, count)
 
 
 def noisy_static(count: int = FRAMES, seed: int = 0):
     """The same two-colour picture every frame, with fresh Gaussian noise (sigma 40) on each."""
-    rng = np.random.default_rng(seed)
-    base = np.zeros((HEIGHT, WIDTH, 3), np.float32)
-    base[:, : WIDTH // 2] = (180, 80, 70)
-    base[:, WIDTH // 2 :] = (70, 90, 170)
-    for _ in range(count):
-        yield np.clip(base + rng.normal(0, 40, base.shape), 0, 255).astype(np.uint8)
+    return noisy_static_clip(HEIGHT, WIDTH, count, sigma=40.0, seed=seed)
 
 
 @pytest.fixture(scope="module")
