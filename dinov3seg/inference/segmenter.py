@@ -6,6 +6,8 @@
     result.labels        # H x W int64: index into result.class_names, or UNLABELED (-1)
     result.scores        # K x h x w float32: each class's score at the model's working resolution
     result.class_names   # the K names the labels index
+    for frame in segmenter.video("clip.mp4", ["road", "car"], every=2, temporal_smoothing=0.5):
+        frame.index, frame.time, frame.image, frame.result   # one Segmentation per taken frame
 
 Works for every model with the generic interface (``set_vocabulary(names)``, Detectron2 input dicts,
 ``[{"sem_seg": T x H x W scores}]``): the trained DINOv3Seg and the training-free dinov3.txt model alike.
