@@ -3,7 +3,8 @@
     python demo/demo.py --config-file configs/quickstart.yaml --input photo.jpg \
         --vocabulary "cat, dog, grass" --output out/ --opts MODEL.WEIGHTS model_final.pth
 
---input takes files, directories (their images, not recursive) and globs ("photos/**/*.jpg").
+--input takes files, directories (their images, not recursive) and globs ("photos/**/*.jpg"); a video
+file named there is segmented as with --video-input.
 The vocabulary comes from --vocabulary (comma-separated classes; "dog|puppy" gives one class with
 two synonyms), --vocabulary-file (a JSON list, or one class per line with comma-separated synonyms) or
 --dataset (a registered benchmark's class names, e.g. "ade20k_150"). For each image the demo writes
@@ -331,6 +332,8 @@ def run(args) -> int:
         raise DemoError("give images with --input or videos with --video-input")
     paths = expand_inputs(args.input) if args.input else []
     video_paths = expand_inputs(args.video_input, VIDEO_EXTENSIONS, "--video-input") if args.video_input else []
+    video_paths += [p for p in paths if p.lower().endswith(VIDEO_EXTENSIONS) and p not in video_paths]
+    paths = [p for p in paths if not p.lower().endswith(VIDEO_EXTENSIONS)]  # a video named in --input is one
     if not 0.0 <= args.alpha <= 1.0:
         raise DemoError(f"--alpha must be in [0, 1], got {args.alpha}")
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:

@@ -105,11 +105,12 @@ def test_skip_existing_does_no_work_and_redoes_what_changed(clip, segmented, mon
 
 
 def test_a_killed_run_is_not_skipped(clip, tmp_path):
-    """A run killed mid-video leaves at most a temporary file: the outputs do not exist and are made again."""
+    """A run killed mid-video leaves at most a temporary file: the outputs do not exist and are made again.
+    Also: a video named in --input is segmented as a video; --every / --max-frames."""
     out = tmp_path / "out"
     out.mkdir()
     (out / ".clip.tmp123.mp4").write_bytes(b"half a video")  # what a killed writer leaves behind
-    status = demo.main(["--config-file", QUICKSTART, "--video-input", str(clip), "--vocabulary", VOCABULARY,
+    status = demo.main(["--config-file", QUICKSTART, "--input", str(clip), "--vocabulary", VOCABULARY,  # a video
                         "--output", str(out), "--every", "3", "--max-frames", "2", "--skip-existing", *FAST])
     assert status == 0
     record = json.loads((out / "clip.json").read_text())
