@@ -36,8 +36,8 @@ from PIL import Image
 from .predictor import VocabularyPredictor, pil_to_rgb, read_image_rgb, to_uint8_rgb
 from .video import TemporalSmoother, VideoReader, prefetch
 
-__all__ = ["Segmenter", "Segmentation", "Segmented", "VideoFrame", "resolve_config", "resolve_repo_files", "known_vocabulary",
-           "KNOWN_VOCABULARIES"]
+__all__ = ["Segmenter", "Segmentation", "Segmented", "VideoFrame", "resolve_config", "resolve_repo_files",
+           "known_vocabulary", "KNOWN_VOCABULARIES"]
 
 logger = logging.getLogger(__name__)
 
