@@ -20,6 +20,7 @@ import os
 import tempfile
 import time
 from typing import Dict, Iterator, List
+from unittest import mock
 
 import numpy as np
 import torch
@@ -104,8 +105,10 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
     height, width = (int(v) for v in args.size.lower().split("x"))
     torch.manual_seed(0)
-    segmenter = Segmenter(args.config, device=args.device,
-                          opts=[x for key in WEIGHT_KEYS for x in (key, "")] + list(args.opts))
+    # The training-free model refuses to build without its weight files; random weights are the point here.
+    with mock.patch("dinov3seg.modeling.meta_arch_zeroshot.check_weight_files", lambda cfg: None):
+        segmenter = Segmenter(args.config, device=args.device,
+                              opts=[x for key in WEIGHT_KEYS for x in (key, "")] + list(args.opts))
     names = ["red", "blue", "green"] + [f"class number {i}" for i in range(max(0, args.classes - 3))]
     report = {"config": args.config, "device": args.device, "frame_size": [height, width], "classes": len(names),
               "torch_threads": torch.get_num_threads(), "load_average_at_start": os.getloadavg(), "runs": []}
