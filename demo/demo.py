@@ -343,6 +343,8 @@ def run(args) -> int:
     for flag, value in (("--every", args.every), ("--max-frames", args.max_frames), ("--batch-size", args.batch_size)):
         if value is not None and value < 1:
             raise DemoError(f"{flag} must be >= 1, got {value}")
+    if not video_paths and (args.temporal_smoothing or args.every != 1 or args.max_frames or args.save_labels):
+        logger.warning("--temporal-smoothing, --every, --max-frames and --save-labels apply to videos only: ignored")
     try:  # every video is opened and its first frame decoded before the model is built
         readers = [VideoReader(p, args.every, args.max_frames) for p in video_paths]
     except VideoError as e:
