@@ -35,8 +35,8 @@ from dinov3seg.data.vocabulary import format_vocabulary, parse_vocabulary  # noq
 from dinov3seg.errors import exit_on_input_error  # noqa: E402
 from dinov3seg.inference.predictor import read_image_rgb  # noqa: E402
 from dinov3seg.inference.segmenter import KNOWN_VOCABULARIES, Segmenter, known_vocabulary  # noqa: E402
-from dinov3seg.inference.visualize import (display_names, draw_result, legend_colors,  # noqa: E402
-                                           save_label_image, shares_record)
+from dinov3seg.inference.outputs import (display_names, draw_result, legend_colors,  # noqa: E402
+                                         save_labels, shares_record)
 
 VOCABULARY_BUTTONS = {"ADE-150": "ade150", "COCO-Stuff-171": "coco_stuff", "PC-59": "pc59", "VOC-20": "voc20"}
 
@@ -95,7 +95,7 @@ class SegmentationApp:
             shutil.rmtree(self.folders.popleft(), ignore_errors=True)
         stem = os.path.splitext(name)[0] or "image"
         label_path, json_path = os.path.join(folder, f"{stem}_labels.png"), os.path.join(folder, f"{stem}.json")
-        save_label_image(result, label_path)
+        save_labels(result, label_path)
         record = {"image": name, "height": rgb.shape[0], "width": rgb.shape[1], "vocabulary": classes,
                   "threshold": threshold, "distractors": options["distractors"], "seconds": round(seconds, 3),
                   "notes": notes, "label_names": {str(k): v for k, v in result.name_table().items()},

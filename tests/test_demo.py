@@ -143,12 +143,14 @@ def test_demo_many_images_odd_formats_and_tiny(config_file, tmp_path):
     (d / "f_broken.jpg").write_bytes(b"not a jpeg at all")
     (d / "notes.txt").write_text("ignored: not an image")
     out = tmp_path / "out"
-    status = run_demo(config_file, "--input", str(d), "--vocabulary", "red, blue, gray", "--output", str(out))
-    assert status == 1  # one unreadable input: the others are written, the exit status says so
+    status = run_demo(config_file, "--input", str(d), "--vocabulary", "red, blue, gray", "--output", str(out),
+                      "--batch-size", "2")
+    assert status == 0  # one unreadable input in the middle: logged and listed, the others written
     for stem in ("a_rgb", "b_gray", "c_rgba", "d_gray16", "e_tiny"):
         assert (out / f"{stem}.png").is_file() and (out / f"{stem}.json").is_file()
     summary = json.loads((out / "results.json").read_text())
-    assert summary["unreadable"] == [str(d / "f_broken.jpg")]
+    assert [f["input"] for f in summary["failed"]] == [str(d / "f_broken.jpg")]
+    assert "cannot read image" in summary["failed"][0]["error"]
     shares = summary["images"]["a_rgb"]["pixel_shares"]
     assert shares["red"] == pytest.approx(0.5, abs=0.05) and shares["blue"] == pytest.approx(0.5, abs=0.05)
     assert summary["images"]["e_tiny"]["pixel_shares"]["red"] == pytest.approx(1.0)
@@ -227,7 +229,41 @@ def test_no_input_matched_and_single_unreadable(config_file, tmp_path, capsys, c
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     assert run_demo(config_file, "--input", str(bad), "--vocabulary", "cat", "--output", str(tmp_path / "o")) == 1
-    assert f"cannot read image '{bad}'" in caplog.text
+    assert f"cannot read image '{bad}'" in caplog.text  # every input failed: exit status 1
+    assert run_demo(config_file, "--input", str(tmp_path / "gone.png"), "--vocabulary", "cat",
+                    "--output", str(tmp_path / "o")) == 2
+    assert f"image '{tmp_path / 'gone.png'}' does not exist" in capsys.readouterr().err
+
+
+def test_skip_existing_resumes_a_folder(config_file, tmp_path, monkeypatch):
+    """A re-run with --skip-existing segments only the inputs without complete outputs: here one whose JSON
+    (written last) is missing, as a run killed while writing it leaves it, and one added since."""
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for i in range(3):
+        Image.fromarray(red_blue_halves(24 + 8 * i, 40)).save(d / f"im{i}.png")
+    out = tmp_path / "out"
+    args = ["--input", str(d), "--vocabulary", "red, blue", "--output", str(out), "--batch-size", "2"]
+    assert run_demo(config_file, *args) == 0
+    first = json.loads((out / "results.json").read_text())
+    (out / "im1.json").unlink()
+    Image.fromarray(red_blue_halves(16, 16)).save(d / "im3.png")
+    segmented = []
+    original = demo.Segmenter.segment_batch
+
+    def counting(self, images, *a, **k):
+        segmented.extend(image.shape[:2] for image in images)
+        return original(self, images, *a, **k)
+
+    monkeypatch.setattr(demo.Segmenter, "segment_batch", counting)
+    assert run_demo(config_file, *args, "--skip-existing") == 0
+    assert segmented == [(32, 40), (16, 16)]  # im1 and the new im3 only, in one batch of two
+    summary = json.loads((out / "results.json").read_text())
+    assert sorted(summary["images"]) == ["im0", "im1", "im2", "im3"]
+    assert all(summary["images"][k] == first["images"][k] for k in ("im0", "im1", "im2"))
+    segmented.clear()
+    assert run_demo(config_file, *args, "--skip-existing", "--threshold", "0.3") == 0  # other settings: redone
+    assert len(segmented) == 4
 
 
 def test_image_conversions(tmp_path):

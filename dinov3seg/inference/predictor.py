@@ -138,13 +138,20 @@ class VocabularyPredictor:
     def scores(self, image: np.ndarray) -> torch.Tensor:
         """H x W x 3 uint8 RGB -> T x h x w float scores at the test resolution (h x w = the image
         after the test resize, see the class doc)."""
+        return self.scores_batch([image])[0]
+
+    @torch.no_grad()
+    def scores_batch(self, images: List[np.ndarray]) -> List[torch.Tensor]:
+        """B images (H x W x 3 uint8 RGB) in one model call -> B tensors of T x h x w scores, as :meth:`scores`."""
         if not self.class_names:
             raise RuntimeError("call set_vocabulary(class_names) first")
-        image = to_uint8_rgb(image)
-        resized = self.resize.get_transform(image).apply_image(image)
-        tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1))).float()
-        h, w = resized.shape[:2]
-        return self.model([{"image": tensor, "height": h, "width": w}])[0]["sem_seg"].float()
+        inputs = []
+        for image in images:
+            image = to_uint8_rgb(image)
+            resized = self.resize.get_transform(image).apply_image(image)
+            tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1))).float()
+            inputs.append({"image": tensor, "height": resized.shape[0], "width": resized.shape[1]})
+        return [out["sem_seg"].float() for out in self.model(inputs)]
 
     @torch.no_grad()
     def __call__(self, image: np.ndarray) -> torch.Tensor:

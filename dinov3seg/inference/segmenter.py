@@ -6,6 +6,8 @@
     result.labels        # H x W int64: index into result.class_names, or UNLABELED (-1)
     result.scores        # K x h x w float32: each class's score at the model's working resolution
     result.class_names   # the K names the labels index
+    for frame in segmenter.video("clip.mp4", ["road", "car"], every=2, temporal_smoothing=0.5):
+        frame.index, frame.time, frame.image, frame.result   # one Segmentation per taken frame
 
 Works for every model with the generic interface (``set_vocabulary(names)``, Detectron2 input dicts,
 ``[{"sem_seg": T x H x W scores}]``): the trained DINOv3Seg and the training-free dinov3.txt model alike.
@@ -24,7 +26,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Dict, List, Optional, Sequence, Union
+from typing import Any, ClassVar, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -32,9 +34,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .predictor import VocabularyPredictor, pil_to_rgb, read_image_rgb, to_uint8_rgb
+from .video import TemporalSmoother, VideoReader, prefetch
 
-__all__ = ["Segmenter", "Segmentation", "resolve_config", "resolve_repo_files", "known_vocabulary",
-           "KNOWN_VOCABULARIES"]
+__all__ = ["Segmenter", "Segmentation", "Segmented", "VideoFrame", "resolve_config", "resolve_repo_files",
+           "known_vocabulary", "KNOWN_VOCABULARIES"]
 
 logger = logging.getLogger(__name__)
 
@@ -261,15 +264,35 @@ class Segmenter:
             distractors: None (off), a known vocabulary name ("coco_stuff", ...) or a list of names; pixels
                 they win are labelled "other".
         """
+        return self.segment_batch([image], classes, threshold=threshold, distractors=distractors)[0]
+
+    __call__ = segment
+
+    @torch.no_grad()
+    def segment_batch(self, images: Sequence[ImageLike], classes: Sequence[str], *,
+                      threshold: Optional[float] = None, distractors: Union[None, str, Sequence[str]] = None,
+                      smoother: Optional[TemporalSmoother] = None) -> List[Segmentation]:
+        """Segment B images in one model call (arguments as :meth:`segment`); ``smoother`` blends each
+        image's scores with the previous ones', in order (video frames)."""
         classes = [str(c) for c in classes]
         extra = self.check(classes, threshold=threshold, distractors=distractors)
         kind = self.score_type
-        rgb = self._read(image)
+        rgbs = [self._read(image) for image in images]
         self.predictor.set_vocabulary(classes + extra)
-        scores = self.predictor.scores(rgb)  # (T + D) x h x w
-        if kind == "logit":
-            scores, kind = scores.sigmoid(), "sigmoid"
+        results = []
+        for rgb, scores in zip(rgbs, self.predictor.scores_batch(rgbs)):  # (T + D) x h x w each
+            if kind == "logit":
+                scores = scores.sigmoid()
+            if smoother is not None:
+                scores = smoother(scores)
+            results.append(self._segmentation(scores, rgb.shape[:2], classes, extra,
+                                              "sigmoid" if kind == "logit" else kind, threshold))
+        return results
 
+    @staticmethod
+    def _segmentation(scores: torch.Tensor, size, classes: List[str], extra: List[str], kind: Optional[str],
+                      threshold: Optional[float]) -> Segmentation:
+        """(T + D) x h x w probabilities of ``classes + extra`` -> the Segmentation at ``size`` (H, W)."""
         names, other = list(classes), None
         best, labels = scores.max(dim=0)
         if extra:  # distractor pixels -> "other" (appended, or the user's own class of that name)
@@ -286,10 +309,107 @@ class Segmenter:
             labels = torch.where(labels >= num, torch.full_like(labels, other), labels)
         if threshold is not None:
             labels = torch.where(best < float(threshold), torch.full_like(labels, Segmentation.UNLABELED), labels)
-        if labels.shape != rgb.shape[:2]:
-            labels = F.interpolate(labels[None, None].float(), size=rgb.shape[:2], mode="nearest")[0, 0].long()
+        if labels.shape != tuple(size):
+            labels = F.interpolate(labels[None, None].float(), size=tuple(size), mode="nearest")[0, 0].long()
         return Segmentation(labels=labels.cpu().numpy(), scores=scores.float().cpu().numpy(), class_names=names,
                             score_type=kind, threshold=None if threshold is None else float(threshold),
                             other_index=other, distractors=list(extra))
 
-    __call__ = segment
+    def default_batch_size(self) -> int:
+        """Images per model call when none is given: 4 on a GPU, 1 on the CPU (each image's LGA views are
+        one batch already, which keeps the CPU's cores busy; larger batches only add memory there)."""
+        return 4 if torch.device(self.cfg.MODEL.DEVICE).type == "cuda" else 1
+
+    def stream(self, items: Iterable[Tuple[Any, ImageLike]], classes: Sequence[str], *,
+               batch_size: Optional[int] = None, temporal_smoothing: float = 0.0, skip_unreadable: bool = False,
+               threshold: Optional[float] = None,
+               distractors: Union[None, str, Sequence[str]] = None) -> Iterator["Segmented"]:
+        """Segment a stream of ``(tag, image)`` pairs (tag: anything, e.g. a path or frame index), in order.
+
+        Images are read (paths decoded) in a loader thread, ``batch_size`` at a time ahead of the model
+        (default :meth:`default_batch_size`), and go through the model ``batch_size`` per call.
+        ``temporal_smoothing`` in [0, 1) blends each image's class scores with the previous ones'
+        (exponential moving average, 0 = off). With ``skip_unreadable`` an image that cannot be read is
+        yielded with its ``error`` set instead of raising. Other arguments as :meth:`segment`.
+
+        Yields:
+            :class:`Segmented` (tag, image: H x W x 3 uint8 RGB, result: Segmentation, error: None).
+        """
+        size = int(batch_size or self.default_batch_size())
+        if size < 1:
+            raise ValueError(f"batch size must be >= 1, got {batch_size}")
+        smoother = TemporalSmoother(temporal_smoothing)
+        self.check(classes, threshold=threshold, distractors=distractors)  # fail before reading anything
+
+        def read(pair):
+            tag, image = pair
+            try:
+                return Segmented(tag, self._read(image))
+            except (ValueError, TypeError) as err:
+                if not skip_unreadable:
+                    raise
+                return Segmented(tag, None, error=err)
+
+        pending: List[Segmented] = []
+        for item in prefetch(map(read, items), depth=2 * size):
+            if item.error is not None and not pending:
+                yield item
+                continue
+            pending.append(item)
+            if sum(p.error is None for p in pending) == size:
+                yield from self._run(pending, classes, threshold, distractors, smoother)
+                pending = []
+        if pending:
+            yield from self._run(pending, classes, threshold, distractors, smoother)
+
+    def _run(self, pending, classes, threshold, distractors, smoother) -> Iterator["Segmented"]:
+        good = [p for p in pending if p.error is None]
+        results = iter(self.segment_batch([p.image for p in good], classes, threshold=threshold,
+                                          distractors=distractors, smoother=smoother) if good else [])
+        for p in pending:
+            if p.error is None:
+                p.result = next(results)
+            yield p
+
+    def video(self, video: Union[str, os.PathLike, VideoReader], classes: Sequence[str], *, every: int = 1,
+              max_frames: Optional[int] = None, batch_size: Optional[int] = None, temporal_smoothing: float = 0.0,
+              threshold: Optional[float] = None,
+              distractors: Union[None, str, Sequence[str]] = None) -> Iterator["VideoFrame"]:
+        """Segment a video file frame by frame (decoded with OpenCV in a loader thread; no audio).
+
+        Args:
+            video: a path, or a :class:`VideoReader` (which then sets ``every`` / ``max_frames``).
+            every: take every N-th frame; max_frames: stop after this many taken frames.
+            batch_size, temporal_smoothing, threshold, distractors: as :meth:`stream`.
+        Yields:
+            :class:`VideoFrame` (index in the video, time in seconds, H x W x 3 RGB image, Segmentation).
+        Raises:
+            VideoError: the file is missing, empty, damaged, not a video, or in a codec OpenCV cannot decode.
+        """
+        reader = video if isinstance(video, VideoReader) else VideoReader(video, every, max_frames)
+        pairs = (((index, seconds), rgb) for index, seconds, rgb in reader)
+        for item in self.stream(pairs, classes, batch_size=batch_size, temporal_smoothing=temporal_smoothing,
+                                threshold=threshold, distractors=distractors):
+            yield VideoFrame(item.tag[0], item.tag[1], item.image, item.result)
+
+
+@dataclass
+class Segmented:
+    """One item of :meth:`Segmenter.stream`: its tag, the H x W x 3 uint8 RGB image, its Segmentation, or
+    the error that made it unreadable (``image`` and ``result`` None)."""
+
+    tag: Any
+    image: Optional[np.ndarray]
+    result: Optional[Segmentation] = None
+    error: Optional[Exception] = None
+
+
+@dataclass
+class VideoFrame:
+    """One segmented video frame: ``index`` in the video (0-based), ``time`` in seconds, ``image``
+    (H x W x 3 uint8 RGB) and its ``result``."""
+
+    index: int
+    time: float
+    image: np.ndarray
+    result: Segmentation
