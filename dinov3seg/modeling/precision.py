@@ -15,7 +15,7 @@ LGA stitching, each marked where it happens. Softmax inside SDPA accumulates in 
 import contextlib
 import functools
 import logging
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -89,6 +89,30 @@ def fp32_region(device: torch.device):
     if not torch.amp.is_autocast_available(device.type):
         return contextlib.nullcontext()
     return torch.autocast(device.type, enabled=False)
+
+
+class FollowsPrecision:
+    """For the meta-architectures (``nn.Module`` subclasses with a ``device``): ``_init_precision`` in
+    ``__init__``, then ``picked_precision()`` resolves the setting per device type (logged once) and
+    ``_autocast()`` runs under it."""
+
+    def _init_precision(self, precision: str) -> None:
+        """Take a ``MODEL.DINOV3SEG.PRECISION`` value; the model's norms then run in fp32 under bf16 autocast."""
+        self.precision = check_precision(precision)
+        self._picked_precision: Dict[str, Tuple[str, str]] = {}  # device type -> (precision, reason)
+        keep_norms_fp32(self)
+
+    def picked_precision(self) -> Tuple[str, str]:
+        """("bf16" | "fp32", reason) that the setting gives on the model's current device."""
+        device = self.device
+        if device.type not in self._picked_precision:
+            picked, reason = resolve_precision(self.precision, device)
+            logger.info(f"dinov3seg runs in {picked} on {device.type}: {reason}")
+            self._picked_precision[device.type] = (picked, reason)
+        return self._picked_precision[device.type]
+
+    def _autocast(self):
+        return autocast(self.device, self.picked_precision()[0])
 
 
 def _to_fp32(module: nn.Module, args: tuple) -> tuple:
