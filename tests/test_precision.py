@@ -60,7 +60,7 @@ def test_bad_precision_is_rejected():
 def test_pick_is_logged_once(cpu_flags, caplog):
     cpu_flags("avx2")
     model = tiny_model("MODEL.DINOV3SEG.PRECISION", "auto").eval()
-    with caplog.at_level(logging.INFO, logger="dinov3seg.modeling.meta_arch"):
+    with caplog.at_level(logging.INFO, logger="dinov3seg.modeling.precision"):
         assert model.picked_precision()[0] == "fp32"
         model.picked_precision()
     lines = [r.getMessage() for r in caplog.records if "runs in" in r.getMessage()]

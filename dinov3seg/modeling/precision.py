@@ -18,6 +18,7 @@ import logging
 from typing import Dict, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -113,6 +114,20 @@ class FollowsPrecision:
 
     def _autocast(self):
         return autocast(self.device, self.picked_precision()[0])
+
+
+def norm_in_input_dtype(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)`` for a LayerNorm / GroupNorm, with fp32 statistics and normalisation, returned in the dtype of ``x``.
+
+    For norms whose every consumer is a matrix product (the head, the decoder, AnyUp's encoders). Under CPU bf16
+    autocast their inputs are bf16 and the product reads bf16: the CPU kernels normalise in fp32 and round once to
+    bf16, which is what the product would read from the fp32 norm of :func:`keep_norms_fp32` (the same values, to
+    rounding), without casting the map to fp32 and back. CUDA autocast runs these norms in fp32 itself. Bypasses
+    the module's hooks.
+    """
+    if isinstance(norm, nn.GroupNorm):
+        return F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
+    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
 
 def _to_fp32(module: nn.Module, args: tuple) -> tuple:
