@@ -11,7 +11,7 @@ one-time cost is reported apart). Weights are random ("" for every ``MODEL.*.WEI
 their values. Precision: ``MODEL.DINOV3SEG.PRECISION`` (``--precision`` overrides it; "auto" is resolved and the
 pick and its reason reported); ``--compile`` sets ``MODEL.COMPILE`` (the first, compiling run is timed apart
 from the steady-state runs, and the FLOP pass runs eager). ``--modes`` benchmarks several settings one after
-the other in the same run: "fp32", "bf16" (forced), "auto", "compiled" (fp32 + MODEL.COMPILE).
+the other in the same run: "fp32", "bf16" (forced), "auto", "compiled" (fp32 + MODEL.COMPILE), "compiled-bf16".
 
 ``--fvcore`` adds fvcore's ``FlopCountAnalysis`` (Detectron2's wrapper, what ``tools/analyze_model.py`` and most
 papers use) for the same image, per component, with the operators it skipped. ``--train`` adds one training
@@ -578,7 +578,8 @@ def format_training(t: dict) -> str:
             f"peak, peak memory {t['peak_memory_bytes'] / 2**20:,.1f} MiB")
 
 
-MODES = {"fp32": ("fp32", False), "bf16": ("bf16", False), "auto": ("auto", False), "compiled": ("fp32", True)}
+MODES = {"fp32": ("fp32", False), "bf16": ("bf16", False), "auto": ("auto", False), "compiled": ("fp32", True),
+         "compiled-bf16": ("bf16", True)}
 
 
 def mode_cfg(cfg, precision: Optional[str], compile_: Optional[bool]):
