@@ -8,7 +8,8 @@
   fast kernel (on an AVX2-only EPYC it ran 300x slower than fp32), so bf16 would be a trap.
 
 ``fp32`` and ``bf16`` force the choice. Parts that need fp32 for accuracy stay fp32 under bf16 autocast, by
-design: every LayerNorm / GroupNorm / RMSNorm (:func:`keep_norms_fp32`), the softmax of AnyUp's attention and
+design: every LayerNorm / GroupNorm / RMSNorm (:func:`keep_norms_fp32`; the norms that only feed bf16 products
+compute in fp32 and store bf16, :func:`norm_in_input_dtype`), the softmax of AnyUp's attention and
 feature unification, RoPE angles and sin/cos (DINOv3 and AnyUp), the cost volume's L2 normalisation and the
 LGA stitching, each marked where it happens. Softmax inside SDPA accumulates in fp32 in every kernel.
 """
