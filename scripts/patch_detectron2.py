@@ -7,7 +7,7 @@ Each entry replaces an exact string in one file of the upstream v0.6 sources (a 
 does not match ``np.int64``) and must match exactly ``count`` times, so a different sdist fails loudly
 instead of being half-patched. They are fixes upstream Detectron2 made itself after 0.6: the renames for
 numpy >= 1.24 / 2 and Pillow >= 10 (same behaviour), the ``pkg_resources`` import (setuptools 84 no longer
-ships it), ``random.sample`` on a set (Python 3.11), and the state that ``--resume`` lost: a torch 2
+ships it), ``random.sample`` on a set (Python 3.11), the import of caffe2 that torch 2 dropped (optional upstream since 0.6), and the state that ``--resume`` lost: a torch 2
 scheduler's and, with any scheduler, the optimizer's.
 """
 import argparse
@@ -51,6 +51,12 @@ _TRAINER_STATE = """
                 "this checkpoint has no optimizer state (saved by an unpatched Detectron2 0.6): "
                 "the optimizer starts afresh")
 """
+_EXPORT_API = """try:
+    from .api import *  # the Caffe2 / ONNX exporters
+except ModuleNotFoundError as e:  # they need caffe2, which torch 2 no longer ships
+    if e.name != "caffe2":
+        raise
+"""
 PATCHES = (
     Patch("detectron2/data/build.py", "dtype=np.int", "dtype=int", 2, _NUMPY),
     Patch("detectron2/data/datasets/pascal_voc.py", "dtype=np.str", "dtype=str", 1, _NUMPY),
@@ -78,6 +84,10 @@ PATCHES = (
           "Python 3.11: `random.sample` no longer accepts a set (reached when a mapper returns None)"),
     Patch("detectron2/engine/hooks.py", "isinstance(self.scheduler, torch.optim.lr_scheduler._LRScheduler)",
           "isinstance(self.scheduler, torch.optim.lr_scheduler.LRScheduler)", 2, _LR),
+    Patch("detectron2/export/__init__.py", "from .api import *\n", _EXPORT_API, 1,
+          "torch 2 no longer ships caffe2: `detectron2.export`, and with it `detectron2.utils.analysis` "
+          "(fvcore's `FlopCountAnalysis`, `tools/analyze_model.py`), failed to import; only the Caffe2 "
+          "exporters need it"),
     Patch("detectron2/engine/defaults.py", _RUN_STEP, _RUN_STEP + _TRAINER_STATE, 1,
           "0.6's DefaultTrainer left its SimpleTrainer's state out of checkpoints: `--resume` restarted the "
           "optimizer (AdamW moments, the LR of the first resumed iteration) and the AMP grad scaler"),

@@ -53,9 +53,10 @@ def test_fast_layers_equal_their_convolutions():
 
 
 @pytest.mark.parametrize("channels, filters", [(12, 4), (4, 4), (6, 4)])  # fused (C/M = 3, 1), volume
-def test_feature_unification_equals_the_convolution(channels, filters):
-    """Fused (M divides C: per channel group and pixel chunk, 9 x 11 = 99 pixels -> an uneven last chunk) and
-    volume paths against the batched convolution whose C x M responses are re-read as M x C."""
+def test_feature_unification_equals_the_convolution(channels, filters, monkeypatch):
+    """Fused (M divides C: per channel group and pixel chunk, 9 x 11 = 99 pixels in chunks of 40 -> an uneven
+    last chunk) and volume paths against the batched convolution whose C x M responses are re-read as M x C."""
+    monkeypatch.setattr(LearnedFeatureUnification, "PIXEL_CHUNK", 40)
     torch.manual_seed(0)
     lfu = LearnedFeatureUnification(num_filters=filters, kernel_size=5)
     lfu.basis.data *= 3  # peaked softmaxes

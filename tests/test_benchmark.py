@@ -90,3 +90,24 @@ def test_sweep_and_params_only(tmp_path, capsys):
     assert sweep["class_chunk_size"] == 2 and sweep["image_short_side"][0]["views"] >= 1
     assert benchmark.main(["--config-file", "configs/quickstart.yaml", "--params-only"]) == 0
     assert "paper: ~1.1 B" in capsys.readouterr().out
+
+
+def test_training_iteration_and_fvcore_count(tmp_path, capsys):
+    """--train times training iterations (forward + backward FLOPs counted); --fvcore puts fvcore's count, in its
+    unit (multiply-add = 1), beside ours per component and lists what it skipped."""
+    out = tmp_path / "train.json"
+    assert benchmark.main(TINY + ["--train", "--train-batch", "1", "--fvcore", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    train = report["training"]
+    assert train["batch"] == 1 and train["crop"] == 128 and train["seconds_per_iter"] > 0
+    assert train["share_of_peak"] == pytest.approx(train["gflops_per_s"] / report["machine_peaks"]["fp32"]["gflops_per_s"])
+    assert train["gflops_per_iter"] > 0 and train["peak_memory_bytes"] > 0 and train["precision"] == "fp32"
+    fv = report["fvcore"]
+    assert sum(fv["components"].values()) == pytest.approx(fv["gmacs_per_image"], rel=1e-9)
+    assert "aten::scaled_dot_product_attention" in fv["skipped_ops"]
+    # the same products in half the unit, give or take the norms, pooling and resizing fvcore adds and the
+    # attention it skips
+    for name in ("sam", "head", "decoder"):
+        assert 0.8 < fv["components"][name] / (report["components"][name]["gflops_per_image"] / 2) < 1.3, name
+    printed = capsys.readouterr().out
+    assert "fvcore FlopCountAnalysis" in printed and "training: batch 1" in printed

@@ -73,6 +73,11 @@ evaluator = SemSegEvaluator("d2_user_script", distributed=False)
 evaluator.reset()
 evaluator.process([{"file_name": "img.jpg"}], [{"sem_seg": torch.tensor([[[9.0, 0.0], [0.0, 0.0]], [[0.0, 9.0], [9.0, 9.0]]])}])
 out["miou"] = evaluator.evaluate()["sem_seg"]["mIoU"]
+# Detectron2's FLOP tools (fvcore's FlopCountAnalysis, tools/analyze_model.py): detectron2.export without caffe2.
+import detectron2.export
+from detectron2.utils.analysis import FlopCountAnalysis
+out["export_names"] = sorted(n for n in ("TracingAdapter", "dump_torchscript_IR") if hasattr(detectron2.export, n))
+out["conv_macs"] = FlopCountAnalysis(torch.nn.Conv2d(3, 4, 3), (torch.zeros(1, 3, 6, 6),)).total()
 out["dinov3seg_imported"] = any(m.split(".")[0] == "dinov3seg" for m in sys.modules)
 print(json.dumps(out))
 '''
@@ -110,6 +115,13 @@ def test_patched_call_sites_run_on_installed_numpy_and_pillow(user_script):
     assert user_script["fallback"] in (1, 2, 3)
     # GT [[0, 1], [1, ignore]], prediction [[0, 1], [1, 1]]: both classes exact.
     assert user_script["miou"] == pytest.approx(100.0)
+
+
+def test_flop_tools_import_and_count(user_script):
+    """``detectron2.utils.analysis`` and all of ``detectron2.export`` import under torch 2 (no caffe2);
+    fvcore counts a 3x3 conv 3 -> 4 on a 4 x 4 output as 4 * 4 * 4 * 3 * 9 multiply-adds."""
+    assert user_script["export_names"] == ["TracingAdapter", "dump_torchscript_IR"]
+    assert user_script["conv_macs"] == 4 * 4 * 4 * 3 * 9
 
 
 @needs_our_build

@@ -60,7 +60,7 @@ def test_bad_precision_is_rejected():
 def test_pick_is_logged_once(cpu_flags, caplog):
     cpu_flags("avx2")
     model = tiny_model("MODEL.DINOV3SEG.PRECISION", "auto").eval()
-    with caplog.at_level(logging.INFO, logger="dinov3seg.modeling.meta_arch"):
+    with caplog.at_level(logging.INFO, logger="dinov3seg.modeling.precision"):
         assert model.picked_precision()[0] == "fp32"
         model.picked_precision()
     lines = [r.getMessage() for r in caplog.records if "runs in" in r.getMessage()]
@@ -124,3 +124,21 @@ def test_compiled_model_gives_the_same_scores():
         model.set_vocabulary(["red", "green"])
     with torch.no_grad():
         torch.testing.assert_close(compiled(inputs)[0]["sem_seg"], eager(inputs)[0]["sem_seg"], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("norm, shape", [(torch.nn.LayerNorm(32), (3, 5, 6, 32)), (torch.nn.GroupNorm(4, 32), (3, 32, 5, 6))])
+def test_norm_in_input_dtype_is_the_fp32_norm_rounded_once(norm, shape):
+    """The head's, decoder's and AnyUp's norms: a bf16 input gives the fp32 norm of that input rounded once to bf16
+    (what the next bf16 product reads; equal but for the last bit of some values), with no fp32 copy; fp32 inputs
+    give exactly the module's output."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        norm.weight.normal_(), norm.bias.normal_()
+    x = torch.randn(shape) * 4 + 3  # an offset and a spread that bf16 statistics would get wrong
+    with torch.no_grad():
+        torch.testing.assert_close(precision.norm_in_input_dtype(norm, x), norm(x), atol=0, rtol=0)
+        low = x.bfloat16()
+        out, reference = precision.norm_in_input_dtype(norm, low), norm(low.float()).bfloat16()
+        assert out.dtype == torch.bfloat16
+        assert (out == reference).float().mean() > 0.999
+        torch.testing.assert_close(out.float(), reference.float(), atol=1e-6, rtol=2 ** -8)

@@ -246,3 +246,36 @@ def test_parity_follows_the_fixture_config(parity_dir, tmp_path, capsys):
     status = {words[0]: words[-1] for words in lines if words and words[-1] in ("PASS", "FAIL")}
     assert status["probs_slide"] == status["slide_windows_yyxx"] == "FAIL"
     assert status["text_features"] == status["image_resized_normalized"] == status["cos_whole"] == "PASS"
+
+
+def test_precision_bf16_runs_the_encoders_in_bf16_and_keeps_the_answers(parity_dir):
+    """MODEL.DINOV3SEG.PRECISION applies to the training-free model: bf16 autocasts the encoders (the backbone's
+    matmuls see bf16), the scores stay fp32 probabilities, and on the fixture's photo and small model they
+    pick the same class as fp32 (Meta's numbers) almost everywhere."""
+    from dinov3seg.modeling.encoders.tokenizer import build_tokenizer
+    from dinov3seg.modeling.meta_arch_zeroshot import DINOTxtZeroShot
+    from dinov3seg.modeling.text_embeddings import TextEmbedder
+    from dinov3seg.tools.verify_parity import load_dinotxt, referenced_fixture
+
+    path = parity_dir / "dinotxt_zeroshot_small.pt"
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    c = blob["config"]
+    dinotxt = load_dinotxt(referenced_fixture(path, c, "dinotxt")[1], referenced_fixture(path, c, "backbone")[1])
+    embedder = TextEmbedder(text_encoder=dinotxt.text, tokenizer=build_tokenizer(),
+                            templates=[t.replace("{0}", "{}") for t in c["prompt_templates"]])
+    image = torch.as_tensor(blob["inputs"]["image_uint8"]).permute(2, 0, 1)
+    scores, dtypes = {}, {}
+    for precision in ("fp32", "bf16"):
+        model = DINOTxtZeroShot(
+            dinotxt=dinotxt, anyup=None, text_embedder=embedder, lga=None,
+            pixel_mean=[255 * m for m in c["normalize"]["mean"]], pixel_std=[255 * s for s in c["normalize"]["std"]],
+            test_class_names=list(blob["inputs"]["class_names"]), precision=precision)
+        hook = dinotxt.backbone.blocks[0].mlp.register_forward_hook(lambda m, i, o: dtypes.update({precision: o.dtype}))
+        scores[precision] = model([{"image": image}])[0]["sem_seg"]
+        hook.remove()
+    assert dtypes == {"fp32": torch.float32, "bf16": torch.bfloat16}
+    fp32, bf16 = scores["fp32"], scores["bf16"]
+    assert bf16.dtype == torch.float32 and torch.allclose(bf16.sum(0), torch.ones_like(bf16[0]), atol=1e-5)
+    assert torch.equal(fp32.argmax(0), blob["outputs"]["pred_at_input_size"])  # fp32: Meta's labels exactly
+    assert 0 < (fp32 - bf16).abs().max() < 1e-3
+    assert (fp32.argmax(0) == bf16.argmax(0)).float().mean() > 0.99

@@ -1,7 +1,6 @@
 """DINOv3Seg: frozen DINOv3 / dinov3.txt / AnyUp / SAM encoders + the trainable dinov3.seg head."""
 import contextlib
-import logging
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -18,12 +17,11 @@ from .encoders.sam import NECK_CHANNELS as SAM_NECK_CHANNELS
 from .compile import compile_model
 from .loss import sem_seg_bce_loss
 from .meta_arch_common import configured_test_vocabulary, patch_features
-from .precision import autocast, check_precision, fp32_region, keep_norms_fp32, resolve_precision
+from .precision import FollowsPrecision, check_precision, fp32_region
 from .encoders.tokenizer import build_tokenizer
 from .text_embeddings import TextEmbedder
 
 PATCH_SIZE = 16
-logger = logging.getLogger(__name__)
 
 
 def head_input_shape(cfg) -> Dict[str, ShapeSpec]:
@@ -46,7 +44,7 @@ def head_input_shape(cfg) -> Dict[str, ShapeSpec]:
 
 
 @META_ARCH_REGISTRY.register()
-class DINOv3Seg(nn.Module):
+class DINOv3Seg(FollowsPrecision, nn.Module):
     """Open-vocabulary semantic segmentation with dinov3.txt.
 
     Training takes VIEW_SIZE crops and returns ``{"loss_sem_seg": loss}``; inference runs
@@ -78,9 +76,7 @@ class DINOv3Seg(nn.Module):
         self.test_class_names = test_class_names
         self.ignore_value = ignore_value
         self.ignore_as_negative = ignore_as_negative
-        self.precision = check_precision(precision)
-        self._picked_precision: Dict[str, Tuple[str, str]] = {}  # device type -> (precision, reason)
-        keep_norms_fp32(self)  # norms run in fp32 under bf16 autocast (see modeling/precision.py)
+        self._init_precision(precision)  # norms run in fp32 under bf16 autocast (see modeling/precision.py)
         self.compiled = compile_model(self) if compile else []
 
     @classmethod
@@ -135,19 +131,6 @@ class DINOv3Seg(nn.Module):
         stored = tuple(f"{m}." for m in self.random_init_encoders())
         return {k: v for k, v in self.state_dict().items()
                 if k in tuned or k.startswith(stored) or not k.startswith(tuple(f"{m}." for m in self.ENCODERS))}
-
-    def picked_precision(self) -> Tuple[str, str]:
-        """("bf16" | "fp32", reason) that MODEL.DINOV3SEG.PRECISION gives on the model's current device;
-        logged once per device type."""
-        device = self.device
-        if device.type not in self._picked_precision:
-            picked, reason = resolve_precision(self.precision, device)
-            logger.info(f"dinov3seg runs in {picked} on {device.type}: {reason}")
-            self._picked_precision[device.type] = (picked, reason)
-        return self._picked_precision[device.type]
-
-    def _autocast(self):
-        return autocast(self.device, self.picked_precision()[0])
 
     def _text(self, class_names: List[str]) -> torch.Tensor:
         """Class embeddings (T, P, 2D). In fp32 unless the text tower is being tuned: they are cached once per

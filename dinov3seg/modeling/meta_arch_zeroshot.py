@@ -16,7 +16,9 @@ facebookresearch/dinov3, DINOv3 paper Table 16), step for step (T classes, D = b
 Switches (one config key each): MODEL.DINOTXT.USE_VISION_HEAD (vision-head instead of backbone tokens),
 MODEL.ANYUP.ENABLED (AnyUp refinement of the patch features) and MODEL.ZEROSHOT.MODE: "whole" (one pass on
 the resized image) or "lga" (our Local-Global Aggregation, TEST.LGA.*, instead of steps 2-3).
-Scores are softmax probabilities over the vocabulary.
+Scores are softmax probabilities over the vocabulary. MODEL.DINOV3SEG.PRECISION applies as in the trained
+model: the encoders run under bf16 autocast when it picks bf16; the cosines, softmaxes and window averaging
+stay fp32. ``fp32`` reproduces Meta's numbers exactly (``parity/dinotxt_zeroshot_small.pt``).
 """
 import math
 import os
@@ -38,6 +40,7 @@ from .encoders.tokenizer import build_tokenizer
 from .encoders.weights import WEIGHT_SPECS, WeightFileError, weight_path
 from .head.cost_volume import cosine_cost_volume, select_text_halves
 from .meta_arch_common import configured_test_vocabulary, patch_features, to_output_size
+from .precision import FollowsPrecision, fp32_region
 from .text_embeddings import TextEmbedder, average_templates
 
 
@@ -69,7 +72,7 @@ def check_weight_files(cfg) -> None:
 
 
 @META_ARCH_REGISTRY.register()
-class DINOTxtZeroShot(nn.Module):
+class DINOTxtZeroShot(FollowsPrecision, nn.Module):
     """Training-free segmentation with dinov3.txt (see the module doc).
 
     Takes the same inputs as ``DINOv3Seg`` (Detectron2 dicts with "image" (3, H, W) RGB 0-255, optional
@@ -87,7 +90,8 @@ class DINOTxtZeroShot(nn.Module):
     def __init__(self, *, dinotxt: nn.Module, anyup: Optional[nn.Module], text_embedder: TextEmbedder,
                  lga: Optional[LocalGlobalAggregation], pixel_mean, pixel_std,
                  test_class_names: Optional[List[str]] = None, mode: str = "slide", short_side: int = 512,
-                 window: int = 384, stride: int = 192, use_vision_head: bool = False, anyup_output_stride: int = 16):
+                 window: int = 384, stride: int = 192, use_vision_head: bool = False, anyup_output_stride: int = 16,
+                 precision: str = "fp32"):
         """
         Args:
             dinotxt: the frozen ``DINOTxt`` (backbone, vision head, text tower).
@@ -101,6 +105,7 @@ class DINOTxtZeroShot(nn.Module):
             window, stride: "slide": window side and stride.
             use_vision_head: vision-head patch tokens instead of the raw backbone ones.
             anyup_output_stride: AnyUp's output stride (16, 8 or 4).
+            precision: MODEL.DINOV3SEG.PRECISION ("fp32": Meta's numbers exactly; "bf16"; "auto").
         """
         super().__init__()
         if mode not in MODES:
@@ -117,6 +122,7 @@ class DINOTxtZeroShot(nn.Module):
         self.mode, self.short_side, self.window, self.stride = mode, short_side, window, stride
         self.use_vision_head = use_vision_head
         self.anyup_output_stride = anyup_output_stride
+        self._init_precision(precision)
         self.eval()
 
     @classmethod
@@ -127,8 +133,6 @@ class DINOTxtZeroShot(nn.Module):
             problems.append("MODEL.SAM.ENABLED must be False (SAM guides the trained head only)")
         if cfg.MODEL.DINOTXT.TEXT_FINETUNE != "none":
             problems.append("MODEL.DINOTXT.TEXT_FINETUNE must be 'none' (nothing is trained)")
-        if cfg.MODEL.DINOV3SEG.PRECISION != "fp32":
-            problems.append("MODEL.DINOV3SEG.PRECISION must be 'fp32' (Meta's recipe runs in fp32)")
         if problems:
             raise ValueError("DINOTxtZeroShot (configs/dinotxt_zeroshot.yaml): " + "; ".join(problems))
         check_weight_files(cfg)
@@ -140,7 +144,7 @@ class DINOTxtZeroShot(nn.Module):
             pixel_mean=cfg.MODEL.PIXEL_MEAN, pixel_std=cfg.MODEL.PIXEL_STD,
             test_class_names=configured_test_vocabulary(cfg), mode=c.MODE, short_side=c.SHORT_SIDE,
             window=c.WINDOW, stride=c.STRIDE, use_vision_head=cfg.MODEL.DINOTXT.USE_VISION_HEAD,
-            anyup_output_stride=cfg.MODEL.ANYUP.OUTPUT_STRIDE)
+            anyup_output_stride=cfg.MODEL.ANYUP.OUTPUT_STRIDE, precision=cfg.MODEL.DINOV3SEG.PRECISION)
 
     @property
     def device(self) -> torch.device:
@@ -183,14 +187,17 @@ class DINOTxtZeroShot(nn.Module):
 
     def cosines(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised images, (T, D) text -> (B, T, h, w) cosines on the feature grid. H and W are
-        first stretched (bicubic) to multiples of the patch size, as Meta's ``encode_image`` does."""
+        first stretched (bicubic) to multiples of the patch size, as Meta's ``encode_image`` does. The encoders
+        run in the picked precision; the cosines in fp32 (by design: the softmax reads their small differences)."""
         p = self.dinotxt.backbone.patch_size
         size = (math.ceil(images.shape[-2] / p) * p, math.ceil(images.shape[-1] / p) * p)
         if tuple(images.shape[-2:]) != size:
             images = F.interpolate(images, size=size, mode="bicubic", align_corners=False)
-        features = patch_features(self.dinotxt, images, use_head=self.use_vision_head, anyup=self.anyup,
-                                  output_stride=self.anyup_output_stride)
-        return cosine_cost_volume(features, text[:, None])[:, 0]
+        with self._autocast():
+            features = patch_features(self.dinotxt, images, use_head=self.use_vision_head, anyup=self.anyup,
+                                      output_stride=self.anyup_output_stride)
+        with fp32_region(self.device):
+            return cosine_cost_volume(features, text[:, None])[:, 0]
 
     def window_boxes(self, height: int, width: int) -> List[Tuple[int, int, int, int]]:
         """(y1, y2, x1, x2) of the sliding windows on a height x width image, row-major."""

@@ -8,16 +8,18 @@
   fast kernel (on an AVX2-only EPYC it ran 300x slower than fp32), so bf16 would be a trap.
 
 ``fp32`` and ``bf16`` force the choice. Parts that need fp32 for accuracy stay fp32 under bf16 autocast, by
-design: every LayerNorm / GroupNorm / RMSNorm (:func:`keep_norms_fp32`), the softmax of AnyUp's attention and
+design: every LayerNorm / GroupNorm / RMSNorm (:func:`keep_norms_fp32`; the norms that only feed bf16 products
+compute in fp32 and store bf16, :func:`norm_in_input_dtype`), the softmax of AnyUp's attention and
 feature unification, RoPE angles and sin/cos (DINOv3 and AnyUp), the cost volume's L2 normalisation and the
 LGA stitching, each marked where it happens. Softmax inside SDPA accumulates in fp32 in every kernel.
 """
 import contextlib
 import functools
 import logging
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -89,6 +91,44 @@ def fp32_region(device: torch.device):
     if not torch.amp.is_autocast_available(device.type):
         return contextlib.nullcontext()
     return torch.autocast(device.type, enabled=False)
+
+
+class FollowsPrecision:
+    """For the meta-architectures (``nn.Module`` subclasses with a ``device``): ``_init_precision`` in
+    ``__init__``, then ``picked_precision()`` resolves the setting per device type (logged once) and
+    ``_autocast()`` runs under it."""
+
+    def _init_precision(self, precision: str) -> None:
+        """Take a ``MODEL.DINOV3SEG.PRECISION`` value; the model's norms then run in fp32 under bf16 autocast."""
+        self.precision = check_precision(precision)
+        self._picked_precision: Dict[str, Tuple[str, str]] = {}  # device type -> (precision, reason)
+        keep_norms_fp32(self)
+
+    def picked_precision(self) -> Tuple[str, str]:
+        """("bf16" | "fp32", reason) that the setting gives on the model's current device."""
+        device = self.device
+        if device.type not in self._picked_precision:
+            picked, reason = resolve_precision(self.precision, device)
+            logger.info(f"dinov3seg runs in {picked} on {device.type}: {reason}")
+            self._picked_precision[device.type] = (picked, reason)
+        return self._picked_precision[device.type]
+
+    def _autocast(self):
+        return autocast(self.device, self.picked_precision()[0])
+
+
+def norm_in_input_dtype(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)`` for a LayerNorm / GroupNorm, with fp32 statistics and normalisation, returned in the dtype of ``x``.
+
+    For norms whose every consumer is a matrix product (the head, the decoder, AnyUp's encoders). Under CPU bf16
+    autocast their inputs are bf16 and the product reads bf16: the CPU kernels normalise in fp32 and round once to
+    bf16, which is what the product would read from the fp32 norm of :func:`keep_norms_fp32` (the same values, to
+    rounding), without casting the map to fp32 and back. CUDA autocast runs these norms in fp32 itself. Bypasses
+    the module's hooks.
+    """
+    if isinstance(norm, nn.GroupNorm):
+        return F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
+    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
 
 def _to_fp32(module: nn.Module, args: tuple) -> tuple:

@@ -2,7 +2,7 @@
 
     python -m dinov3seg.tools.benchmark --config-file configs/vitl_384.yaml [--device cpu|cuda] [--classes 150]
         [--image-size 512] [--runs 2] [--json OUT] [--sweep] [--params-only] [--opts KEY VALUE ...]
-        [--precision auto|fp32|bf16] [--compile] [--modes fp32 bf16 compiled]
+        [--precision auto|fp32|bf16] [--compile] [--modes fp32 bf16 compiled] [--fvcore] [--train [--train-batch 2]]
 
 Setting: one image through ``model([{"image": ...}])`` in eval mode under ``torch.inference_mode()``: Local-Global
 Aggregation as configured (paper: 640 canvas, 384 views, stride 256 -> 4 windows + 1 global view = 5 views in one
@@ -11,7 +11,12 @@ one-time cost is reported apart). Weights are random ("" for every ``MODEL.*.WEI
 their values. Precision: ``MODEL.DINOV3SEG.PRECISION`` (``--precision`` overrides it; "auto" is resolved and the
 pick and its reason reported); ``--compile`` sets ``MODEL.COMPILE`` (the first, compiling run is timed apart
 from the steady-state runs, and the FLOP pass runs eager). ``--modes`` benchmarks several settings one after
-the other in the same run: "fp32", "bf16" (forced), "auto", "compiled" (fp32 + MODEL.COMPILE).
+the other in the same run: "fp32", "bf16" (forced), "auto", "compiled" (fp32 + MODEL.COMPILE), "compiled-bf16".
+
+``--fvcore`` adds fvcore's ``FlopCountAnalysis`` (Detectron2's wrapper, what ``tools/analyze_model.py`` and most
+papers use) for the same image, per component, with the operators it skipped. ``--train`` adds one training
+iteration of the config (``--train-batch`` crops of VIEW_SIZE, random labels, the recipe's optimizer): seconds per
+iteration, forward + backward FLOPs, share of peak and peak memory.
 
 The limit: before the model, the machine's own dense matmul throughput is timed (square fp32 and bf16 products,
 sized to take about a quarter of a second, best of 3), and every component's achieved FLOP/s is reported with
@@ -324,9 +329,9 @@ def random_image(height: int, width: int, device: torch.device) -> torch.Tensor:
 
 
 def benchmark(cfg, device: torch.device, classes: int, image_size, runs: int, warmup: int,
-              config_file: str = "", peaks: Optional[Dict[str, dict]] = None) -> dict:
+              config_file: str = "", peaks: Optional[Dict[str, dict]] = None, fvcore: bool = False) -> dict:
     """The full report of one config (see the module doc); JSON-serialisable. ``peaks``: :func:`machine_peaks`
-    (timed here when not given)."""
+    (timed here when not given); ``fvcore``: also fvcore's count (:func:`fvcore_count`)."""
     peaks = peaks or machine_peaks(device)
     torch.manual_seed(0)
     model = build_model(cfg, device)
@@ -349,7 +354,7 @@ def benchmark(cfg, device: torch.device, classes: int, image_size, runs: int, wa
             "gflops_per_s": rate, "share_of_peak": rate / peak,
         }
     components["text_tower"]["note"] = "cached; per-vocabulary cost in 'vocabulary_encoding'"
-    return {
+    report = {
         "config": config_file,
         "device": device_description(device),
         "precision": picked,
@@ -381,6 +386,89 @@ def benchmark(cfg, device: torch.device, classes: int, image_size, runs: int, wa
         "components": components,
         "paper": PAPER,
     }
+    if fvcore:
+        report["fvcore"] = fvcore_count(model, image)
+    return report
+
+
+def training_batch(batch: int, size: int, classes: int, device: torch.device) -> List[dict]:
+    """``batch`` random size x size images with random labels among ``classes`` (Detectron2 training dicts)."""
+    g = torch.Generator().manual_seed(0)
+    return [{"image": (torch.rand(3, size, size, generator=g) * 255).to(device),
+             "sem_seg": torch.randint(0, classes, (size, size), generator=g).to(device)} for _ in range(batch)]
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: List[dict]) -> float:
+    """One training iteration: loss, backward, optimizer step; returns the loss."""
+    loss = model(batch)["loss_sem_seg"]
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def benchmark_training(cfg, device: torch.device, batch: int, runs: int, peaks: Dict[str, dict]) -> dict:
+    """One training iteration of ``cfg`` (the recipe's optimizer: AdamW, parameter groups, clipping) on a batch of
+    VIEW_SIZE crops with random labels over the training vocabulary: FLOPs (forward + backward, counted in one
+    iteration, which is also the warm-up), then the median of ``runs`` timed iterations and their peak memory."""
+    from ..solver import build_optimizer
+
+    torch.manual_seed(0)
+    model = build_model(cfg, device).train()
+    picked, reason = model.picked_precision()
+    optimizer = build_optimizer(cfg, model)
+    crops = training_batch(batch, cfg.MODEL.DINOV3SEG.VIEW_SIZE, len(model.train_class_names), device)
+    model._text(model.train_class_names)  # the vocabulary is encoded once and cached, as in a training run
+    with counted_in_fp32(model), flop_counter() as counter:
+        train_step(model, optimizer, crops)
+    sync, times = _sync(device), []
+    with PeakMemory(device) as memory:
+        for _ in range(runs):
+            sync()
+            t0 = time.perf_counter()
+            loss = train_step(model, optimizer, crops)
+            sync()
+            times.append(time.perf_counter() - t0)
+    seconds, gflops = statistics.median(times), counter.get_total_flops() / 1e9
+    return {"precision": picked, "precision_reason": reason, "batch": batch, "crop": cfg.MODEL.DINOV3SEG.VIEW_SIZE,
+            "classes": len(model.train_class_names), "seconds_per_iter": seconds, "seconds_all": times,
+            "gflops_per_iter": gflops, "gflops_per_s": gflops / seconds,
+            "share_of_peak": gflops / seconds / peaks[picked]["gflops_per_s"],
+            "peak_memory_bytes": memory.peak, "loss": loss}
+
+
+def _fvcore_layer_norm(inputs, outputs) -> int:
+    """fvcore's layer-norm rule (5 per element with an affine, 4 without), also for the 1-D input of the class
+    refinement's padding token, which fvcore's own handle rejects (it asserts a rank of 2 to 5)."""
+    from fvcore.nn.jit_handles import get_shape
+
+    return math.prod(get_shape(inputs[0])) * (5 if get_shape(inputs[2]) is not None else 4)
+
+
+def fvcore_count(model: nn.Module, image: torch.Tensor) -> dict:
+    """fvcore's ``FlopCountAnalysis`` (Detectron2's wrapper, as ``tools/analyze_model.py``) on the same image, per
+    component (exclusive, as ours), in fvcore's unit: one multiply-add = 1 "flop" (= our GMACs). Lists the
+    operators it found no counting rule for; Detectron2 silences some element-wise ones (``_IGNORED_OPS``)."""
+    from detectron2.utils.analysis import FlopCountAnalysis
+
+    inputs = [{"image": image, "height": image.shape[-2], "width": image.shape[-1]}]
+    with torch.no_grad(), counted_in_fp32(model):
+        analysis = FlopCountAnalysis(model, inputs)
+        analysis.set_op_handle("aten::layer_norm", _fvcore_layer_norm)
+        analysis.unsupported_ops_warnings(False)
+        analysis.uncalled_modules_warnings(False)
+        by_module, by_operator = analysis.by_module(), analysis.by_operator()
+    paths = {name: "model." + path for name, (path, _) in ENTRY_POINTS.items()}
+    inclusive = {name: by_module.get(path, 0) for name, path in paths.items()}
+    components = {}
+    for name, path in paths.items():
+        inner = [n for n, p in paths.items() if p.startswith(path + ".")]
+        components[name] = (inclusive[name] - sum(inclusive[n] for n in inner)) / 1e9
+    total = analysis.total() / 1e9
+    components["glue"] = total - sum(components.values())
+    return {"gmacs_per_image": total, "components": components,
+            "by_operator": {k: v / 1e9 for k, v in by_operator.items()},
+            "skipped_ops": dict(analysis.unsupported_ops())}
 
 
 def sweep(cfg, device: torch.device, class_counts: List[int], sizes: List[int], runs: int,
@@ -468,7 +556,32 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
-MODES = {"fp32": ("fp32", False), "bf16": ("bf16", False), "auto": ("auto", False), "compiled": ("fp32", True)}
+def format_fvcore(r: dict) -> str:
+    """Ours (GMACs = GFLOPs / 2) beside fvcore's count, per component, and fvcore's skipped operators."""
+    f = r["fvcore"]
+    lines = ["fvcore FlopCountAnalysis (Detectron2's, multiply-add = 1) beside ours (GMACs = our GFLOPs / 2):",
+             f"{'component':<22}{'ours GMACs':>12}{'fvcore':>12}{'fvcore/ours':>13}"]
+    for name, c in r["components"].items():
+        ours, theirs = c["gflops_per_image"] / 2, f["components"].get(name, 0.0)
+        lines.append(f"{name:<22}{ours:>12.1f}{theirs:>12.1f}{theirs / ours if ours else float('nan'):>13.3f}")
+    lines.append(f"{'total':<22}{r['gmacs_per_image']:>12.1f}{f['gmacs_per_image']:>12.1f}"
+                 f"{f['gmacs_per_image'] / r['gmacs_per_image']:>13.3f}")
+    lines.append("fvcore by operator (G): " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(
+        f["by_operator"].items(), key=lambda kv: -kv[1])))
+    lines.append("skipped by fvcore (no rule; calls): " + ", ".join(f"{k} {v}" for k, v in sorted(
+        f["skipped_ops"].items(), key=lambda kv: -kv[1])))
+    return "\n".join(lines)
+
+
+def format_training(t: dict) -> str:
+    return (f"training: batch {t['batch']} of {t['crop']} crops, {t['classes']} classes, {t['precision']}: "
+            f"{t['seconds_per_iter']:.3f} s/iteration, {t['gflops_per_iter']:,.1f} GFLOPs/iteration (forward + "
+            f"backward), {t['gflops_per_s']:.1f} GFLOP/s = {100 * t['share_of_peak']:.1f} % of the {t['precision']} "
+            f"peak, peak memory {t['peak_memory_bytes'] / 2**20:,.1f} MiB")
+
+
+MODES = {"fp32": ("fp32", False), "bf16": ("bf16", False), "auto": ("auto", False), "compiled": ("fp32", True),
+         "compiled-bf16": ("bf16", True)}
 
 
 def mode_cfg(cfg, precision: Optional[str], compile_: Optional[bool]):
@@ -521,6 +634,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--compile", action="store_true", help="set MODEL.COMPILE (torch.compile where it pays)")
     parser.add_argument("--modes", nargs="+", choices=tuple(MODES), default=None,
                         help="benchmark these settings one after the other in this run (e.g. fp32 compiled)")
+    parser.add_argument("--fvcore", action="store_true",
+                        help="also count with fvcore's FlopCountAnalysis (Detectron2's), per component")
+    parser.add_argument("--train", action="store_true", help="also time training iterations (--train-batch crops)")
+    parser.add_argument("--train-batch", type=int, default=2, help="crops per training iteration")
     parser.add_argument("--peak-seconds", type=float, default=0.25,
                         help="time of one product when timing the machine's matmul peak")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE ...")
@@ -541,10 +658,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     reports = {}
     for name, (precision, compile_) in settings.items():
         reports[name] = benchmark(mode_cfg(cfg, precision, compile_), device, args.classes, tuple(args.image_size),
-                                  args.runs, warmup, args.config_file, peaks)
+                                  args.runs, warmup, args.config_file, peaks, args.fvcore)
         if args.modes:
             reports[name]["mode"] = name
         print(format_report(reports[name]), flush=True)
+        if args.fvcore:
+            print(format_fvcore(reports[name]), flush=True)
+        if args.train:
+            reports[name]["training"] = benchmark_training(mode_cfg(cfg, precision, compile_), device,
+                                                           args.train_batch, args.runs, peaks)
+            print(format_training(reports[name]["training"]), flush=True)
     report = reports["run"] if not args.modes else dict(reports[args.modes[0]], modes=reports)
     if args.modes and len(args.modes) > 1:
         print(format_modes(reports), flush=True)

@@ -58,33 +58,19 @@ def inference(model, device, sizes: dict, class_counts) -> Dict[str, dict]:
     return rows
 
 
-def training_batch(batch: int, size: int, classes: int, device) -> List[dict]:
-    g = torch.Generator().manual_seed(0)
-    return [{"image": (torch.rand(3, size, size, generator=g) * 255).to(device),
-             "sem_seg": torch.randint(0, classes, (size, size), generator=g).to(device)} for _ in range(batch)]
-
-
-def train_step(model, optimizer, batch) -> float:
-    loss = model(batch)["loss_sem_seg"]
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return float(loss)
-
-
 def training(model, device, sizes: dict) -> dict:
     set_precision(model, "bf16")
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    batch = training_batch(sizes["batch"], sizes["crop"], len(model.train_class_names), device)
+    batch = bench.training_batch(sizes["batch"], sizes["crop"], len(model.train_class_names), device)
     for _ in range(sizes["warmup"]):
-        train_step(model, optimizer, batch)
+        bench.train_step(model, optimizer, batch)
     sync, times = bench._sync(device), []
     with bench.PeakMemory(device) as memory:
         for _ in range(sizes["train_runs"]):
             sync()
             t0 = time.perf_counter()
-            loss = train_step(model, optimizer, batch)
+            loss = bench.train_step(model, optimizer, batch)
             sync()
             times.append(time.perf_counter() - t0)
     model.eval()
@@ -127,8 +113,8 @@ def ddp_step(cfg, device, sizes: dict) -> dict:
         model.train()
         ddp = DistributedDataParallel(model, device_ids=[device.index or 0])
         optimizer = torch.optim.AdamW([p for p in ddp.parameters() if p.requires_grad], lr=1e-4)
-        batch = training_batch(sizes["batch"], sizes["crop"], len(model.train_class_names), device)
-        loss = train_step(ddp, optimizer, batch)
+        batch = bench.training_batch(sizes["batch"], sizes["crop"], len(model.train_class_names), device)
+        loss = bench.train_step(ddp, optimizer, batch)
         torch.cuda.synchronize(device)
         return {"backend": dist.get_backend(), "world_size": dist.get_world_size(), "loss": loss}
     finally:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..precision import fp32_region
+from ..precision import fp32_region, norm_in_input_dtype
 from .weights import WEIGHT_SPECS, load_strict, load_weight_file
 
 __all__ = ["AnyUp"]
@@ -60,11 +60,12 @@ class ResBlock(nn.Module):
         )
 
     def _residual(self, x: torch.Tensor) -> torch.Tensor:
-        """Everything before the last 1x1 conv: SiLU(GN(conv(SiLU(GN(x))))) [B,C,H,W]."""
+        """Everything before the last 1x1 conv: SiLU(GN(conv(SiLU(GN(x))))) [B,C,H,W]. The norms keep the maps'
+        dtype (bf16 under CPU autocast) with fp32 statistics (:func:`~..precision.norm_in_input_dtype`)."""
         norm1, _, conv1, norm2, _, _ = self.block
         inplace = _no_autograd(x)
-        h = conv1(F.silu(norm1(x), inplace=inplace))
-        return F.silu(norm2(h), inplace=inplace)
+        h = conv1(F.silu(norm_in_input_dtype(norm1, x), inplace=inplace))
+        return F.silu(norm_in_input_dtype(norm2, h), inplace=inplace)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.block[5](self._residual(x))
@@ -95,7 +96,8 @@ class LearnedFeatureUnification(nn.Module):
     """
 
     # Pixels per step of the fused filter / softmax / mean below: one step's M x P x M responses (4 MB) stay in
-    # cache, where the C x M x h*w volume (1024 x 128 x 576 fp32 = 302 MB per ViT-L view) would not.
+    # cache, where the C x M x h*w volume (1024 x 128 x 576 fp32 = 302 MB per ViT-L view) would not (a whole view
+    # per step, 38 MB, took 2.2x the CPU time on one AMX Xeon core).
     PIXEL_CHUNK = 64
 
     def __init__(self, num_filters: int, kernel_size: int):
@@ -119,9 +121,10 @@ class LearnedFeatureUnification(nn.Module):
         basis, group = self.basis.flatten(1), c // m  # [M, k*k]
         out = features.new_zeros(b, h * w, m)
         for i in range(b):
-            padded = F.pad(features[i], (k // 2,) * 4).permute(1, 2, 0)  # [h+k-1, w+k-1, C] (a view)
+            # [G (r), h+k-1, w+k-1, M (g)], contiguous: each r's taps are slices with contiguous channels
+            padded = F.pad(features[i], (k // 2,) * 4).unflatten(0, (m, group)).permute(1, 2, 3, 0).contiguous()
             for r in range(group):
-                taps = self._taps(padded[:, :, r::group], h, w)  # [k*k, h*w, M (g)]
+                taps = self._taps(padded[r], h, w)  # [k*k, h*w, M (g)]
                 for p0 in range(0, h * w, self.PIXEL_CHUNK):
                     chunk = taps[:, p0:p0 + self.PIXEL_CHUNK]
                     responses = (basis @ chunk.flatten(1)).view(m, -1, m)  # [filter, P, g]

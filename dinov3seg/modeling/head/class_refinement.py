@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from ..precision import norm_in_input_dtype
 from .common import GuidedAttentionBlock
 
 # Keys and values of the padding slots: (k, v) of one padding token, each (heads, d), and how many slots.
@@ -130,10 +131,10 @@ class ClassRefinement(GuidedAttentionBlock):
     def _refine(self, tokens: torch.Tensor, guidance: torch.Tensor, padding: Padding) -> torch.Tensor:
         """tokens: (B, N, T, C), N pixels of each of B views; guidance: (B, T, G). Returns (B, N, T, C)."""
         x = tokens.flatten(0, 1)
-        normed = self.norm1(x)
+        normed = norm_in_input_dtype(self.norm1, x)
         split = lambda y: rearrange(y, "n t (heads d) -> n heads t d", heads=self.num_heads)  # noqa: E731
         q, k = self.queries_and_keys(normed, guidance)
         out = self.attention(split(q), split(k), split(self.v(normed)), padding)
         x = x + rearrange(out, "n heads t d -> n t (heads d)")
-        x = x + self.mlp(self.norm2(x))
+        x = x + self.mlp(norm_in_input_dtype(self.norm2, x))
         return x.view_as(tokens)

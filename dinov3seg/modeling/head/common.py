@@ -23,7 +23,8 @@ class GuidedAttentionBlock(nn.Module):
     """Pre-norm attention block whose queries and keys see [token ; guidance] and values the token only,
     so guidance steers where information flows without being mixed into the cost embedding (CAT-Seg's
     guided attention). The guidance arrives already normalised, or not at all: CAT-Seg normalises the
-    image guidance once per spatial layer and feeds the text guidance as projected. Subclasses decide which
+    image guidance once per spatial layer and feeds the text guidance as projected. The norms run through
+    :func:`~..precision.norm_in_input_dtype` (every consumer is a product). Subclasses decide which
     tokens attend to each other; ``out_proj`` and ``act_layer`` follow CAT-Seg's Swin (True, GELU) and class
     (False, ReLU) layers."""
 

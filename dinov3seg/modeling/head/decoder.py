@@ -5,6 +5,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..precision import norm_in_input_dtype
+
+
+def run_layers(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """``layers(x)``, the GroupNorms in the input's dtype with fp32 statistics (:func:`norm_in_input_dtype`)."""
+    for layer in layers:
+        x = norm_in_input_dtype(layer, x) if isinstance(layer, nn.GroupNorm) else layer(x)
+    return x
+
 
 def double_conv(in_channels: int, out_channels: int) -> nn.Sequential:
     layers = []
@@ -27,14 +36,14 @@ class UpsamplingStage(nn.Module):
         classes of a view, or None. Returns (B*T, C_out, 2H, 2W)."""
         x = self.up(x)
         if guidance is None:
-            return self.conv(x)
+            return run_layers(self.conv, x)
         # conv(cat([x, guidance])) = conv_x(x) + conv_g(guidance) (bias-free conv): the guidance half is
         # computed once per view instead of once per class (the same numbers, no T-fold copy).
         first, c = self.conv[0], x.shape[1]
         conv = lambda y, w: F.conv2d(y, w, None, first.stride, first.padding)  # noqa: E731
         y = conv(x, first.weight[:, :c]).unflatten(0, (guidance.shape[0], -1))
         y += conv(guidance, first.weight[:, c:])[:, None]
-        return self.conv[1:](y.flatten(0, 1))
+        return run_layers(self.conv[1:], y.flatten(0, 1))
 
 
 class UpsamplingDecoder(nn.Module):

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from ..precision import norm_in_input_dtype
 from .common import GuidedAttentionBlock
 
 
@@ -45,7 +46,7 @@ class GuidedSwinBlock(GuidedAttentionBlock):
             y = F.pad(y, (0, 0, 0, pad_w, 0, pad_h))
             return y.roll((-shift, -shift), dims=(1, 2)) if shift else y
 
-        tokens = to_grid(self.norm1(x))
+        tokens = to_grid(norm_in_input_dtype(self.norm1, x))
         if guidance is not None:
             guidance = to_grid(guidance)
         q, k = self.queries_and_keys(tokens, guidance)
@@ -62,7 +63,7 @@ class GuidedSwinBlock(GuidedAttentionBlock):
         if shift:
             out = out.roll((shift, shift), dims=(1, 2))
         x = x + self.proj(out[:, :h, :w])
-        return x + self.mlp(self.norm2(x))
+        return x + self.mlp(norm_in_input_dtype(self.norm2, x))
 
 
 class SpatialRefinement(nn.Module):
@@ -81,7 +82,7 @@ class SpatialRefinement(nn.Module):
         b = x.shape[0]
         x = rearrange(x, "b t c h w -> (b t) h w c")
         if guidance is not None:
-            guidance = self.guidance_norm(guidance.permute(0, 2, 3, 1))  # B, H, W, G (shared by the classes)
+            guidance = norm_in_input_dtype(self.guidance_norm, guidance.permute(0, 2, 3, 1))  # B, H, W, G (shared by the classes)
         for block in self.blocks:
             x = block(x, guidance)
         return rearrange(x, "(b t) h w c -> b t c h w", b=b)
