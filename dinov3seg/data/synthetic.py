@@ -32,7 +32,7 @@ SPLITS = {"train": dict(num_images=160, classes=SEEN, seed=0),
           "val": dict(num_images=48, classes=CLASSES, seed=1)}
 IMAGE_SIZE = 160
 IGNORE_LABEL = 255
-TEXTURE_PERIOD = 8  # pixels per stripe / dot / check period (two periods per 16-pixel patch)
+TEXTURE_PERIOD = 4  # pixels per stripe / dot / check period (four periods per 16-pixel patch)
 TEXTURE_CONTRAST = 80  # brightness swing of the texture pattern, 0-255 scale
 VERSION = 2  # bump when the generator changes, to regenerate existing folders
 
