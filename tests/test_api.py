@@ -13,8 +13,8 @@ from torch import nn
 
 import dinov3seg
 from dinov3seg import Segmentation, Segmenter
-from dinov3seg.inference.segmenter import known_vocabulary, resolve_config
 from dinov3seg.data import synthetic
+from dinov3seg.inference.segmenter import known_vocabulary, resolve_config
 
 ROOT = Path(__file__).resolve().parents[1]
 COLORS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 220), "white": (250, 250, 250)}
