@@ -103,7 +103,8 @@ def generate(root: Path) -> None:
         (root / "labels" / split).mkdir(parents=True, exist_ok=True)
         for i in range(spec["num_images"]):
             label = random_label(len(spec["classes"]), rng)
-            Image.fromarray(render(label, spec["classes"], rng)).save(root / "images" / split / f"{i:05d}.jpg", quality=95)
+            image = render(label, spec["classes"], rng)
+            Image.fromarray(image).save(root / "images" / split / f"{i:05d}.jpg", quality=95)
             Image.fromarray(label).save(root / "labels" / split / f"{i:05d}.png")
         (root / f"classes_{split}.json").write_text(json.dumps(spec["classes"]))
     stamp.write_text(json.dumps({"version": VERSION, "seen": SEEN, "unseen": UNSEEN}))
