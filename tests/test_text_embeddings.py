@@ -318,3 +318,25 @@ def test_encode_vocabulary_tool(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_info:
         encode_vocabulary.main(["klingon", "--config-file", "quickstart"])
     assert exit_info.value.code == 2 and "unknown vocabulary 'klingon'" in capsys.readouterr().err
+
+
+def test_random_text_tower_tells_short_names_apart():
+    """A tower trained from scratch (the quickstart) starts from CLIP's initialisation, so the pooled EOT token
+    depends on the words before it; with N(0, 1) token embeddings it is nearly the EOT embedding itself."""
+    dinotxt = pytest.importorskip("dinov3seg.modeling.encoders.dinotxt")
+    tokenizer_mod = pytest.importorskip("dinov3seg.modeling.encoders.tokenizer")
+    names = ["red striped", "red dotted", "blue striped", "blue plain", "green checked", "yellow dotted"]
+    ids = tokenizer_mod.build_tokenizer()(names)
+    off_diagonal = ~torch.eye(len(names), dtype=torch.bool)
+
+    def mean_cosine(tower):
+        with torch.no_grad():
+            e = F.normalize(tower(ids), dim=-1)
+        return (e @ e.T)[off_diagonal].mean().item()
+
+    for seed in range(3):
+        torch.manual_seed(seed)
+        tower = dinotxt.DINOTxtTextTower(width=64, heads=2, layers=2, output_dim=128).eval()
+        clip_init = mean_cosine(tower)
+        torch.nn.init.normal_(tower.backbone.token_embedding.weight)  # PyTorch's default for nn.Embedding
+        assert clip_init < 0.85 and mean_cosine(tower) > clip_init + 0.1

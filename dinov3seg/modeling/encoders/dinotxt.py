@@ -118,6 +118,25 @@ class DINOTxtTextTower(nn.Module):
         self.backbone = TextTransformer(context_length, vocab_size, width, heads, layers, ffn_ratio, norm_eps)
         # Meta's text head: no blocks, no final norm, only ``head.linear_projection``
         self.head = nn.ModuleDict({"linear_projection": nn.Linear(width, output_dim, bias=False)})
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """CLIP's initialisation of its text transformer (``CLIP.initialize_parameters``; released weights replace
+        it). PyTorch's default N(0, 1) token embeddings would dwarf what attention adds to the pooled EOT token:
+        every prompt of a random tower then pools nearly the same vector (pairwise cosine 0.98 for two-word
+        names), and a tower trained from scratch starts with nothing that tells the classes apart."""
+        width, layers = self.backbone.ln_final.normalized_shape[0], len(self.backbone.blocks)
+        attn_std, fc_std = width**-0.5, (2 * width) ** -0.5
+        proj_std = attn_std * (2 * layers) ** -0.5
+        nn.init.normal_(self.backbone.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.backbone.positional_embedding, std=0.01)
+        for block in self.backbone.blocks:
+            nn.init.normal_(block.attention.qkv.weight, std=attn_std)
+            nn.init.normal_(block.attention.proj.weight, std=proj_std)
+            nn.init.normal_(block.feed_forward.fc1.weight, std=fc_std)
+            nn.init.normal_(block.feed_forward.fc2.weight, std=proj_std)
+        nn.init.normal_(self.head["linear_projection"].weight, std=attn_std)
 
     def forward(self, ids: Tensor) -> Tensor:
         eot = ids.argmax(dim=-1)
