@@ -122,7 +122,9 @@ class DINOv3SegCheckpointer(DetectionCheckpointer):
         expected = set(self.model.trainable_state_dict())
         missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
         random_parts = tuple(f"{m}." for m in getattr(self.model, "random_init_encoders", list)())
-        if missing and all(k.startswith(random_parts) for k in missing):
+        tuned = {n for n, p in self.model.named_parameters() if p.requires_grad}
+        frozen_random = {k for k in expected if random_parts and k.startswith(random_parts) and k not in tuned}
+        if missing and frozen_random.isdisjoint(state) and set(missing) <= frozen_random:
             raise KeyError(
                 f"checkpoint lacks the randomly initialised encoder parts of this model ({len(missing)} tensors under "
                 f"{sorted({k.split('.')[0] + '.' + k.split('.')[1] for k in missing})[:6]}): it was saved by an "

@@ -156,7 +156,10 @@ def test_bce_loss_excludes_ignore_pixels_unless_asked():
 def test_checkpoint_holds_only_trainable_state_and_round_trips(model, tmp_path):
     DINOv3SegCheckpointer(model, save_dir=str(tmp_path)).save("ckpt")
     saved = torch.load(tmp_path / "ckpt.pth", weights_only=True)["model"]
-    assert all(not k.startswith(("anyup.", "sam.", "dinotxt.backbone.")) for k in saved)
+    # The quickstart's encoders have no weight files: their random values are stored, as no file can rebuild them.
+    for part in ("anyup.", "sam.", "dinotxt.backbone.", "dinotxt.vision_head."):
+        assert any(k.startswith(part) for k in saved), part
+    assert not any(k.startswith("text_embedder.") for k in saved)  # the text tower once, under dinotxt.text
     assert any(k.startswith("sem_seg_head.") for k in saved)
     assert any(k.startswith("dinotxt.text.") for k in saved)  # tuned in the quickstart
     torch.manual_seed(123)
@@ -276,3 +279,15 @@ def test_head_input_shape_from_the_config_matches_the_built_encoders(model):
         head_input_shape(quickstart_cfg("MODEL.SAM.DECODER_GUIDANCE", [1, 3]))
     with pytest.raises(ValueError, match="MODEL.SAM.VARIANT"):
         head_input_shape(quickstart_cfg("MODEL.SAM.VARIANT", "vit_h"))
+
+
+def test_checkpoint_leaves_out_encoders_read_from_files(model, tmp_path):
+    """An encoder built from a weight file is rebuilt from it: the checkpoint does not hold it."""
+    torch.save(model.anyup.state_dict(), tmp_path / "anyup.pth")
+    cfg = quickstart_cfg()
+    cfg.defrost()
+    cfg.MODEL.ANYUP.WEIGHTS = str(tmp_path / "anyup.pth")
+    filed = build_model(cfg)
+    assert "anyup" not in filed.random_init_encoders() and "sam" in filed.random_init_encoders()
+    keys = filed.trainable_state_dict()
+    assert not any(k.startswith("anyup.") for k in keys) and any(k.startswith("sam.") for k in keys)
