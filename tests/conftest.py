@@ -14,6 +14,16 @@ def parity_dir() -> Path:
     return path
 
 
+def load_parity_fixture(parity_dir: Path, name: str, what: str):
+    """``torch.load`` of the parity fixture ``name`` (weights_only), or a skip naming ``what`` is missing."""
+    import torch
+
+    path = parity_dir / name
+    if not path.is_file():
+        pytest.skip(f"{what} {path} not found")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``cuda`` are skipped, with the reason, where no CUDA device is available."""
     import torch

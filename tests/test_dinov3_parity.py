@@ -7,6 +7,7 @@ from torch.testing import assert_close
 
 from dinov3seg.modeling.encoders.dinov3 import DINOv3ViT, dinov3_vitl16
 from dinov3seg.tools.verify_parity import build_dinov3_vit, load_dinov3_vit
+from conftest import load_parity_fixture
 
 TOL = dict(atol=1e-4, rtol=1e-4)
 BF16_PERIODS = [1.0, 1.3359375, 1.78125, 2.375, 3.15625, 4.21875, 5.625, 7.5, 10.0, 13.3125, 17.75, 23.75,
@@ -15,10 +16,7 @@ BF16_PERIODS = [1.0, 1.3359375, 1.78125, 2.375, 3.15625, 4.21875, 5.625, 7.5, 10
 
 @pytest.fixture(scope="module")
 def blob(parity_dir):
-    path = parity_dir / "dinov3_vit_small.pt"
-    if not path.is_file():
-        pytest.skip(f"DINOv3 parity fixture {path} not found")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return load_parity_fixture(parity_dir, "dinov3_vit_small.pt", "DINOv3 parity fixture")
 
 
 @pytest.fixture(scope="module")

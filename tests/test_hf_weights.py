@@ -18,6 +18,7 @@ from dinov3seg.modeling.encoders.weights import WEIGHT_SPECS, WeightFileError, f
 from dinov3seg.tools import check_weights as cw
 from dinov3seg.tools import convert_weights
 from dinov3seg.tools.verify_parity import build_dinov3_vit
+from conftest import load_parity_fixture
 
 TOL = dict(atol=1e-4, rtol=1e-4)
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml")
@@ -27,10 +28,7 @@ OUTPUTS = {"cls_token": "x_norm_clstoken", "register_tokens": "x_storage_tokens"
 
 @pytest.fixture(scope="module")
 def hf(parity_dir):
-    path = parity_dir / "dinov3_hf_small.pt"
-    if not path.is_file():
-        pytest.skip(f"Hugging Face layout fixture {path} not found")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return load_parity_fixture(parity_dir, "dinov3_hf_small.pt", "Hugging Face layout fixture")
 
 
 def fixture_opts(hf) -> list:
