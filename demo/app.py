@@ -126,9 +126,10 @@ def example_images(folder: str):
     from dinov3seg.data import synthetic
 
     rng = np.random.default_rng(0)
-    path = os.path.join(folder, "synthetic_scene.jpg")
-    Image.fromarray(synthetic.render(synthetic.random_label(4, rng), [0, 1, 2, 6], rng)).resize((320, 320)).save(path)
-    examples = [[path, "grass, sky, water, road"]]
+    names = [synthetic.SEEN[0], synthetic.SEEN[4], synthetic.UNSEEN[2], synthetic.SEEN[9]]  # one held out in training
+    path = os.path.join(folder, "synthetic_scene.png")  # at the training scale: its textures are 4 pixels
+    Image.fromarray(synthetic.render(synthetic.random_label(len(names), rng), names, rng)).save(path)
+    examples = [[path, ", ".join(names)]]
     import matplotlib
 
     photo = os.path.join(matplotlib.get_data_path(), "sample_data", "grace_hopper.jpg")

@@ -99,12 +99,13 @@ def server(tmp_path_factory):
 
 
 def scene(height=120, width=160, seed=0) -> np.ndarray:
-    """An image of the quickstart's synthetic classes (stripes and colours in shapes)."""
+    """An image of the quickstart's synthetic classes (colour x texture, in shapes)."""
     from dinov3seg.data import synthetic
 
     rng = np.random.default_rng(seed)
     label = synthetic.random_label(4, rng)
-    image = Image.fromarray(synthetic.render(label, [0, 1, 2, 6], rng)).resize((width, height))
+    names = [synthetic.CLASSES[i] for i in (0, 5, 10, 15)]
+    image = Image.fromarray(synthetic.render(label, names, rng)).resize((width, height))
     return np.asarray(image)
 
 
