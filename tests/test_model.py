@@ -104,7 +104,8 @@ def test_classes_beyond_pad_len_are_pruned_per_view_and_marked(model):
     """CLASS_PAD_LEN is the one class-count mechanism: T > pad_len keeps the top pad_len classes per view (the rest
     get logit -100); any positive pad_len loads the same weights, and one >= T keeps every class."""
     model.eval()
-    assert model.sem_seg_head.pad_len == 12  # quickstart.yaml
+    pad_len = quickstart_cfg().MODEL.DINOV3SEG.CLASS_PAD_LEN
+    assert model.sem_seg_head.pad_len == pad_len and 0 < pad_len < 20
     wide = build_model(quickstart_cfg("MODEL.DINOV3SEG.CLASS_PAD_LEN", 64)).eval()
     wide.load_state_dict(model.state_dict())
     with torch.no_grad():
@@ -112,7 +113,7 @@ def test_classes_beyond_pad_len_are_pruned_per_view_and_marked(model):
         views = torch.randn(2, 3, 128, 128)
         pruned = (model.segment_views(views, text) == -100.0).all(dim=(2, 3))
         kept_all = (wide.segment_views(views, text) == -100.0).all(dim=(2, 3))
-    assert pruned.sum(dim=1).tolist() == [8, 8]
+    assert pruned.sum(dim=1).tolist() == [20 - pad_len] * 2
     assert not kept_all.any()
 
 
