@@ -59,3 +59,20 @@ def test_generated_splits_index_their_vocabularies(tmp_path):
     mtime = (tmp_path / "split.json").stat().st_mtime_ns
     synthetic.generate(tmp_path)  # a complete copy of this version is kept
     assert (tmp_path / "split.json").stat().st_mtime_ns == mtime
+
+
+def test_processes_generating_at_once_leave_one_complete_copy(tmp_path):
+    """The ranks of a multi-process run all call generate() on first use: one writes, the others wait for it."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=synthetic.generate, args=(tmp_path,)) for _ in range(3)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(120)
+    assert [w.exitcode for w in workers] == [0, 0, 0]
+    for split, spec in synthetic.SPLITS.items():
+        assert len(list((tmp_path / "images" / split).glob("*.jpg"))) == spec["num_images"]
+        assert len(list((tmp_path / "labels" / split).glob("*.png"))) == spec["num_images"]
+    assert json.loads((tmp_path / "split.json").read_text())["version"] == synthetic.VERSION

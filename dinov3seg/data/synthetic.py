@@ -11,6 +11,7 @@ validation labels the full one (seen and unseen classes are scored separately).
 Files are written in Detectron2's sem-seg layout: ``<root>/images/<split>/*.jpg``,
 ``<root>/labels/<split>/*.png`` (uint8, 255 = ignore), plus ``classes_<split>.json`` and ``split.json``.
 """
+import fcntl
 import json
 import os
 import shutil
@@ -90,24 +91,37 @@ def random_label(num_classes: int, rng: np.random.Generator) -> np.ndarray:
     return label
 
 
-def generate(root: Path) -> None:
-    """Write both splits under ``root`` (skipped when a complete copy of this version exists)."""
+def _is_complete(root: Path) -> bool:
     stamp = root / "split.json"
-    if stamp.is_file() and json.loads(stamp.read_text()).get("version") == VERSION:
+    return stamp.is_file() and json.loads(stamp.read_text()).get("version") == VERSION
+
+
+def generate(root: Path) -> None:
+    """Write both splits under ``root`` (skipped when a complete copy of this version exists). Safe when several
+    processes start at once (the ranks of a multi-process run): one writes under a file lock, the others wait,
+    and the version stamp is written last, so a half-written copy is never taken as complete."""
+    if _is_complete(root):
         return
-    for split, spec in SPLITS.items():
-        rng = np.random.default_rng(spec["seed"])
-        for folder in ("images", "labels"):  # drop files of an older version
-            shutil.rmtree(root / folder / split, ignore_errors=True)
-        (root / "images" / split).mkdir(parents=True, exist_ok=True)
-        (root / "labels" / split).mkdir(parents=True, exist_ok=True)
-        for i in range(spec["num_images"]):
-            label = random_label(len(spec["classes"]), rng)
-            image = render(label, spec["classes"], rng)
-            Image.fromarray(image).save(root / "images" / split / f"{i:05d}.jpg", quality=95)
-            Image.fromarray(label).save(root / "labels" / split / f"{i:05d}.png")
-        (root / f"classes_{split}.json").write_text(json.dumps(spec["classes"]))
-    stamp.write_text(json.dumps({"version": VERSION, "seen": SEEN, "unseen": UNSEEN}))
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".generate.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _is_complete(root):  # another process wrote it while this one waited
+            return
+        (root / "split.json").unlink(missing_ok=True)
+        for split, spec in SPLITS.items():
+            rng = np.random.default_rng(spec["seed"])
+            for folder in ("images", "labels"):  # drop files of an older version
+                shutil.rmtree(root / folder / split, ignore_errors=True)
+            (root / "images" / split).mkdir(parents=True, exist_ok=True)
+            (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+            for i in range(spec["num_images"]):
+                label = random_label(len(spec["classes"]), rng)
+                image = render(label, spec["classes"], rng)
+                Image.fromarray(image).save(root / "images" / split / f"{i:05d}.jpg", quality=95)
+                Image.fromarray(label).save(root / "labels" / split / f"{i:05d}.png")
+            (root / f"classes_{split}.json").write_text(json.dumps(spec["classes"]))
+        (root / "split.json.tmp").write_text(json.dumps({"version": VERSION, "seen": SEEN, "unseen": UNSEEN}))
+        os.replace(root / "split.json.tmp", root / "split.json")
 
 
 def load_split(root: Path, split: str) -> List[dict]:
