@@ -277,6 +277,7 @@ class Segmenter:
         classes = [str(c) for c in classes]
         extra = self.check(classes, threshold=threshold, distractors=distractors)
         kind = self.score_type
+        out_kind = "sigmoid" if kind == "logit" else kind  # logits are turned into probabilities below
         rgbs = [self._read(image) for image in images]
         self.predictor.set_vocabulary(classes + extra)
         results = []
@@ -285,8 +286,7 @@ class Segmenter:
                 scores = scores.sigmoid()
             if smoother is not None:
                 scores = smoother(scores)
-            results.append(self._segmentation(scores, rgb.shape[:2], classes, extra,
-                                              "sigmoid" if kind == "logit" else kind, threshold))
+            results.append(self._segmentation(scores, rgb.shape[:2], classes, extra, out_kind, threshold))
         return results
 
     @staticmethod
