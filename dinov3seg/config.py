@@ -137,6 +137,10 @@ def add_dinov3seg_config(cfg):
     # Loss: per-pixel BCE over one-hot classes. False: ignore pixels are excluded;
     # True: CAT-Seg's behaviour (ignore pixels are negatives for every class).
     cfg.MODEL.DINOV3SEG.IGNORE_AS_NEGATIVE = False
+    # True: the logit bias starts at the class prior, log(1 / (T - 1)) for T training classes (RetinaNet's
+    # prior init), so training starts at the prior's loss instead of spending its first steps pushing every logit
+    # down. False: PyTorch's default init, as CAT-Seg (the paper recipe). See docs/quickstart.md.
+    cfg.MODEL.DINOV3SEG.INIT_LOGITS_AT_CLASS_PRIOR = False
     # "auto": bf16 autocast on CUDA with bf16 and on CPUs with AMX-BF16 / AVX512-BF16, else fp32 (the pick and
     # its reason are logged); "bf16" or "fp32" force it. Norms, softmax, RoPE, cost normalisation stay fp32.
     cfg.MODEL.DINOV3SEG.PRECISION = "auto"

@@ -1,5 +1,6 @@
 """The dinov3.seg model end to end at quickstart size: shapes, loss, chunking, configs, errors."""
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -191,6 +192,35 @@ def test_paper_config_holds_the_recipe():
         ("ADAMW", "WarmupCosineLR", 1e-4, 0.01)
     assert tuple(cfg.INPUT.CROP.SIZE) == (384, 384) and cfg.DATASETS.TRAIN == ("coco_2017_train_stuff_sem_seg",)
     assert cfg.MODEL.DINOV3SEG.TEXT_CHANNELS == ["local", "global"] and cfg.TEST.LGA.ENABLED
+    assert not cfg.MODEL.DINOV3SEG.INIT_LOGITS_AT_CLASS_PRIOR  # CAT-Seg's default init
+
+
+@pytest.mark.parametrize("prior", [False, True])
+def test_logits_start_at_the_class_prior_when_asked(prior):
+    torch.manual_seed(0)
+    model = build_model(quickstart_cfg("MODEL.DINOV3SEG.INIT_LOGITS_AT_CLASS_PRIOR", prior)).train()
+    t = len(model.train_class_names)
+    prior_logit = -math.log(t - 1)
+    bias = model.sem_seg_head.decoder.head.bias.item()
+    with torch.no_grad():
+        text = model.text_embedder(model.train_class_names)
+        logits = model.segment_views(torch.randn(2, 3, 128, 128), text)
+    prior_loss = -(math.log(1 / t) + (t - 1) * math.log(1 - 1 / t)) / t  # BCE of predicting 1/T everywhere
+    loss = model(batch(2, t))["loss_sem_seg"].item()
+    if prior:
+        assert bias == pytest.approx(prior_logit)
+        assert abs(logits.mean().item() - prior_logit) < 0.5
+        assert loss == pytest.approx(prior_loss, rel=0.15)
+    else:  # PyTorch's init: logits around 0, the loss far above the prior's
+        assert abs(bias) < 0.2 and abs(logits.mean().item()) < 0.6
+        assert loss > 1.5 * prior_loss
+
+
+def test_class_prior_needs_two_training_classes(tmp_path):
+    (tmp_path / "one.json").write_text(json.dumps(["thing"]))
+    with pytest.raises(ValueError, match="INIT_LOGITS_AT_CLASS_PRIOR needs at least 2 training classes"):
+        build_model(quickstart_cfg("MODEL.DINOV3SEG.INIT_LOGITS_AT_CLASS_PRIOR", True,
+                                   "MODEL.DINOV3SEG.TRAIN_CLASS_JSON", str(tmp_path / "one.json")))
 
 
 def test_unknown_class_json_is_a_clear_error(tmp_path):

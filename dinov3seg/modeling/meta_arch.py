@@ -60,10 +60,13 @@ class DINOv3Seg(FollowsPrecision, nn.Module):
                  sem_seg_head: nn.Module, text_embedder: TextEmbedder, lga: LocalGlobalAggregation,
                  pixel_mean, pixel_std, view_size: int, use_vision_head: bool, anyup_output_stride: int,
                  sam_decoder_guidance: List[int], train_class_names: List[str], test_class_names: List[str],
-                 ignore_value: int, ignore_as_negative: bool, precision: str, compile: bool = False):
+                 ignore_value: int, ignore_as_negative: bool, precision: str, init_logits_at_class_prior: bool = False,
+                 compile: bool = False):
         super().__init__()
         self.dinotxt, self.anyup, self.sam = dinotxt, anyup, sam
         self.sem_seg_head = sem_seg_head
+        if init_logits_at_class_prior:
+            sem_seg_head.init_logits_at_class_prior(len(train_class_names))
         self.text_embedder = text_embedder
         self.lga = lga
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
@@ -104,7 +107,7 @@ class DINOv3Seg(FollowsPrecision, nn.Module):
             sam_decoder_guidance=cfg.MODEL.SAM.DECODER_GUIDANCE, train_class_names=train_names,
             test_class_names=test_names, ignore_value=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
             ignore_as_negative=head_cfg.IGNORE_AS_NEGATIVE, precision=head_cfg.PRECISION,
-            compile=cfg.MODEL.COMPILE)
+            init_logits_at_class_prior=head_cfg.INIT_LOGITS_AT_CLASS_PRIOR, compile=cfg.MODEL.COMPILE)
 
     @property
     def device(self) -> torch.device:

@@ -5,6 +5,7 @@ transposed convolutions of its meta-architecture: with TEXT_CHANNELS ["local"] i
 (``verify_parity`` kind ``catseg_aggregator``; weights mapped by ``catseg_weights.checkpoint_filter_fn``).
 DESIGN.md's departures are config keys, listed in docs/catseg_differences.md.
 """
+import math
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -91,6 +92,13 @@ class DINOv3SegHead(nn.Module):
             decoder_dims=head.DECODER_DIMS, decoder_guidance_dims=head.DECODER_GUIDANCE_DIMS,
             decoder_guidance_upsample_dims=head.DECODER_GUIDANCE_UPSAMPLE_DIMS,
             class_chunk_size=head.CLASS_CHUNK_SIZE)
+
+    def init_logits_at_class_prior(self, num_classes: int) -> None:
+        """Start every logit at the prior of one positive class in ``num_classes``: bias = log(1 / (T - 1))."""
+        if num_classes < 2:
+            raise ValueError(f"MODEL.DINOV3SEG.INIT_LOGITS_AT_CLASS_PRIOR needs at least 2 training classes, "
+                             f"got {num_classes}")
+        nn.init.constant_(self.decoder.head.bias, -math.log(num_classes - 1))
 
     @property
     def chunk(self) -> int:
