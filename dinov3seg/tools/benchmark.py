@@ -3,6 +3,7 @@
     python -m dinov3seg.tools.benchmark --config-file configs/vitl_384.yaml [--device cpu|cuda] [--classes 150]
         [--image-size 512] [--runs 2] [--json OUT] [--sweep] [--params-only] [--opts KEY VALUE ...]
         [--precision auto|fp32|bf16] [--compile] [--modes fp32 bf16 compiled] [--fvcore] [--train [--train-batch 2]]
+        [--traffic] [--counts-only]
 
 Setting: one image through ``model([{"image": ...}])`` in eval mode under ``torch.inference_mode()``: Local-Global
 Aggregation as configured (paper: 640 canvas, 384 views, stride 256 -> 4 windows + 1 global view = 5 views in one
@@ -20,13 +21,25 @@ iteration, forward + backward FLOPs, share of peak and peak memory.
 
 The limit: before the model, the machine's own dense matmul throughput is timed (square fp32 and bf16 products,
 sized to take about a quarter of a second, best of 3), and every component's achieved FLOP/s is reported with
-its share of the peak of the precision it ran in.
+its share of the peak of the precision it ran in. Its memory bandwidth is timed too (a copy between two
+``--bandwidth-mib`` tensors, read + written bytes, best of 3).
 
-Counting rule: FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` in one pass; a multiply-add is
-2 FLOPs. Counted: matmul / linear / bmm / einsum contractions, convolutions and transposed convolutions, and
-scaled-dot-product attention (2 matmuls; the CPU flash kernel is added here, torch counts the CUDA kernels).
-Not counted: element-wise ops, normalisations, softmax, activations, pooling, interpolation and the LGA stitching
-(memory-bound work, also ignored by fvcore and by the papers' tables).
+Counting rule: FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` in one pass at the model's
+precision (under ``torch.no_grad()``, where dispatch modes see the ops as autocast casts them; see
+:func:`run_image`); a multiply-add is 2 FLOPs. Counted: matmul / linear / bmm / einsum contractions, convolutions
+and transposed convolutions, and scaled-dot-product attention (2 matmuls; the CPU flash kernel is added here,
+torch counts the CUDA kernels). Not counted: element-wise ops, normalisations, softmax, activations, pooling,
+interpolation and the LGA stitching (memory-bound work, also ignored by fvcore and by the papers' tables).
+
+Memory traffic (``--traffic``): the same pass also counts the bytes of the eager execution
+(:class:`TrafficCounter`: every aten op reads its tensor inputs and writes its outputs, at the dtype it runs in,
+so bf16 halves the bytes of what autocast casts; views and allocations move nothing, ``NO_TRAFFIC_OPS``). Cache
+reuse between ops is not modelled: every op goes to memory. Per component it reports GB per image, FLOP per
+byte, the time floors FLOPs / peak and bytes / bandwidth, and two roofline bounds on the share of the peak:
+(FLOPs / peak) / max(FLOPs / peak, bytes / bandwidth), the best share of any schedule that moves these bytes, and
+the op-by-op bound, the best share of the eager execution (each op at its own roofline, one after the other).
+``--counts-only`` counts FLOPs and bytes on fake tensors instead (:func:`count_on_fake_tensors`: no compute, so
+the full-size model counts in seconds) and reports the bounds without timing the model.
 
 Per component (``count_params.COMPONENTS``): FLOPs and seconds are *exclusive* (the head's figure excludes the
 decoder it calls). "glue" is the rest of the image's total: input normalisation, LGA view cutting and merging,
@@ -38,6 +51,7 @@ loaded model is reported too); on CPU, the peak resident set size (RSS, sampled 
 /proc/self/statm) above the RSS before the run, i.e. the working memory of the run without the weights.
 """
 import argparse
+import collections
 import contextlib
 import json
 import math
@@ -50,6 +64,8 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 from torch import nn
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from ..config import get_dinov3seg_cfg
@@ -73,6 +89,8 @@ ENTRY_POINTS = {
     "decoder": ("sem_seg_head.decoder", ("forward",)),
 }
 COMPONENT_NAMES = [c[0] for c in COMPONENTS] + ["glue"]
+TRAFFIC_RULE = ("eager execution: every aten op reads its tensor inputs and writes its outputs, each distinct "
+                "region once per op, at the dtype it runs in; views and allocations move nothing (see module doc)")
 
 
 def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
@@ -88,18 +106,79 @@ def flop_counter() -> FlopCounterMode:
     return FlopCounterMode(display=False, custom_mapping=mapping)
 
 
-class ComponentProbe:
-    """Wraps the entry points of the model's components and accumulates exclusive seconds and FLOPs per component.
+aten = torch.ops.aten
+# Ops that move no data: views (the output aliases an input; torch marks them ``is_view``), allocations (memory
+# handed out unwritten) and ``prim.device`` (a tensor's device). The composite views (narrow, chunk,
+# unflatten, ...) reach a dispatch mode only under inference_mode; a counted pass runs under no_grad and sees
+# their decompositions.
+NO_TRAFFIC_OPS = frozenset((
+    torch.ops.prim.device,
+    aten.view, aten._unsafe_view, aten._reshape_alias, aten.view_as, aten.expand, aten.expand_as, aten.permute,
+    aten.transpose, aten.t, aten.slice, aten.select, aten.narrow, aten.as_strided, aten.diagonal, aten.unfold,
+    aten.detach, aten.alias, aten.lift_fresh, aten.unsqueeze, aten.squeeze, aten.split, aten.split_with_sizes,
+    aten.unbind, aten.chunk, aten.unflatten, aten.movedim, aten.view_as_real, aten.view_as_complex,
+    aten.empty, aten.empty_like, aten.empty_strided, aten.new_empty, aten.new_empty_strided,
+))
 
-    Nested calls are charged to the innermost component (the decoder's cost is not the head's); a component
-    re-entering itself (backbone.get_intermediate_layers -> blocks) is counted once.
+
+def touched_bytes(t: torch.Tensor) -> int:
+    """Bytes of the elements a tensor addresses: a broadcast (stride 0) dimension counts once."""
+    return t.element_size() * math.prod(size for size, stride in zip(t.shape, t.stride()) if stride != 0)
+
+
+class TrafficCounter(TorchDispatchMode):
+    """Bytes moved by eager execution: every aten op reads its tensor inputs from memory and writes its outputs.
+
+    Per op, each distinct region (storage, offset, shape, strides) of its inputs and outputs counts once: ``x * x``
+    reads ``x`` once, a ``copy_`` counts its source and its destination, an in-place op counts its tensor once
+    (its read and write count as one: an under-count, so the roofline bound stays an upper bound). Ops in
+    ``NO_TRAFFIC_OPS`` count nothing. Tensors count at the dtype the op sees: under autocast, after its casts
+    (the casts themselves are ``_to_copy`` ops and count too). Works on fake tensors (shapes only, no compute).
+
+    With ``flops`` (the running total of a FlopCounterMode entered before this counter: an op's FLOPs are its
+    growth during the op) and ``balance`` (the machine's FLOP per byte, peak / bandwidth), it also sums
+    ``max(bytes, FLOPs / balance)`` over ops: the op-by-op roofline time times the bandwidth, the floor of an
+    execution that runs the ops one after the other (eager), each at its own roofline.
+    """
+
+    def __init__(self, flops: Callable[[], int] = lambda: 0, balance: float = math.inf):
+        super().__init__()
+        self.flops, self.balance = flops, balance
+        self.by_operator: Dict[str, int] = {}
+        self.op_roofline_bytes = 0.0
+
+    def get_total_bytes(self) -> int:
+        return sum(self.by_operator.values())
+
+    def get_op_roofline_bytes(self) -> float:
+        return self.op_roofline_bytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        flops = self.flops()
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket not in NO_TRAFFIC_OPS:
+            regions = {(t.untyped_storage()._cdata, t.storage_offset(), t.shape, t.stride()): touched_bytes(t)
+                       for t in pytree.tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)}
+            moved, name = sum(regions.values()), func.overloadpacket.__name__
+            self.by_operator[name] = self.by_operator.get(name, 0) + moved
+            self.op_roofline_bytes += max(moved, (self.flops() - flops) / self.balance)
+        return out
+
+
+class ComponentProbe:
+    """Wraps the entry points of the model's components and accumulates exclusive seconds and counts per component.
+
+    Counts: while ``meters`` maps a quantity ("flops", "bytes") to a running total (a counter's
+    ``get_total_flops``), every component is charged the growth of each total during its calls, in
+    ``counts[quantity][component]``. Nested calls are charged to the innermost component (the decoder's cost is
+    not the head's); a component re-entering itself (backbone.get_intermediate_layers -> blocks) is counted once.
     """
 
     def __init__(self, model: nn.Module, sync: Callable[[], None] = lambda: None):
         self.sync = sync
-        self.counter: Optional[FlopCounterMode] = None
+        self.meters: Dict[str, Callable[[], int]] = {}
         self.seconds: Dict[str, float] = {}
-        self.flops: Dict[str, int] = {}
+        self.counts: Dict[str, Dict[str, int]] = {}
         self._stack: List[list] = []
         self._patched = []
         for name, (path, methods) in ENTRY_POINTS.items():
@@ -115,29 +194,31 @@ class ComponentProbe:
         self.reset()
 
     def reset(self):
-        self.seconds = {n: 0.0 for n in ENTRY_POINTS}
-        self.flops = {n: 0 for n in ENTRY_POINTS}
+        self.seconds = dict.fromkeys(ENTRY_POINTS, 0.0)
+        self.counts = {quantity: dict.fromkeys(ENTRY_POINTS, 0) for quantity in self.meters}
 
-    def _now_flops(self) -> int:
-        return self.counter.get_total_flops() if self.counter is not None else 0
+    def _read(self) -> Dict[str, int]:
+        return {quantity: read() for quantity, read in self.meters.items()}
 
     def _wrap(self, name: str, fn: Callable) -> Callable:
         def wrapped(*args, **kwargs):
             if self._stack and self._stack[-1][0] == name:
                 return fn(*args, **kwargs)
             self.sync()
-            self._stack.append([name, time.perf_counter(), self._now_flops(), 0.0, 0])
+            self._stack.append([name, time.perf_counter(), self._read(), 0.0, collections.Counter()])
             try:
                 return fn(*args, **kwargs)
             finally:
                 self.sync()
-                _, t0, f0, child_t, child_f = self._stack.pop()
-                seconds, flops = time.perf_counter() - t0, self._now_flops() - f0
-                self.seconds[name] += seconds - child_t
-                self.flops[name] += flops - child_f
+                _, t0, start, child_seconds, child_counts = self._stack.pop()
+                seconds = time.perf_counter() - t0
+                spent = {quantity: n - start[quantity] for quantity, n in self._read().items()}
+                self.seconds[name] += seconds - child_seconds
+                for quantity, n in spent.items():
+                    self.counts[quantity][name] += n - child_counts[quantity]
                 if self._stack:
                     self._stack[-1][3] += seconds
-                    self._stack[-1][4] += flops
+                    self._stack[-1][4].update(spent)
         return wrapped
 
     def close(self):
@@ -211,13 +292,36 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, target_seconds: float 
     return {"dtype": str(dtype).replace("torch.", ""), "n": n, "gflops_per_s": 2 * n**3 / seconds / 1e9}
 
 
-def machine_peaks(device: torch.device, target_seconds: float = 0.25) -> Dict[str, dict]:
-    """Dense matmul throughput in fp32 and bf16 (the limits the components are measured against)."""
+def memory_bandwidth(device: torch.device, mib: int = 512, runs: int = 3) -> dict:
+    """GB/s of copying one ``mib`` MiB fp32 tensor into another on ``device`` (bytes read + bytes written), best
+    of ``runs`` copies after one that touches the destination's pages first. The two 512 MiB tensors hold twice
+    the largest last-level CPU cache we have met (480 MiB, the AMX Xeon) and far more than a GPU's L2."""
+    sync = _sync(device)
+    src = torch.ones(mib * 2**20 // 4, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    seconds = math.inf
+    for _ in range(runs):
+        sync()
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        sync()
+        seconds = min(seconds, time.perf_counter() - t0)
+    return {"mib": mib, "gbytes_per_s": 2 * src.nbytes / seconds / 1e9}
+
+
+def machine_peaks(device: torch.device, target_seconds: float = 0.25, bandwidth_mib: int = 512) -> Dict[str, dict]:
+    """Dense matmul throughput in fp32 and bf16 and the memory bandwidth (the limits the components are measured
+    against)."""
     return {"fp32": matmul_peak(device, torch.float32, target_seconds),
-            "bf16": matmul_peak(device, torch.bfloat16, target_seconds)}
+            "bf16": matmul_peak(device, torch.bfloat16, target_seconds),
+            "memory": memory_bandwidth(device, bandwidth_mib)}
 
 
-def build_model(cfg, device: torch.device) -> nn.Module:
+def build_model(cfg, device: torch.device, fake: bool = False) -> nn.Module:
+    """The cfg's model in eval mode with random weights; ``fake``: built in place on ``device`` (under a
+    FakeTensorMode, whose tensors Detectron2's ``model.to(device)`` cannot swap)."""
+    from detectron2.modeling import META_ARCH_REGISTRY
     from detectron2.modeling import build_model as d2_build
 
     cfg = cfg.clone()
@@ -225,9 +329,10 @@ def build_model(cfg, device: torch.device) -> nn.Module:
     # No disk text cache: the encoding cost is what is measured, and random weights are never seen again.
     cfg.merge_from_list([x for key in WEIGHT_KEYS for x in (key, "")] + ["MODEL.DEVICE", str(device),
                                                                          "MODEL.DINOV3SEG.TEXT_CACHE_DIR", ""])
-    model = d2_build(cfg)
-    model.eval()
-    return model
+    if fake:
+        with torch.device(device):
+            return META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)(cfg).eval()
+    return d2_build(cfg).eval()
 
 
 def class_names(n: int) -> List[str]:
@@ -252,15 +357,46 @@ def encode_vocabulary(model: nn.Module, names: List[str], device: torch.device) 
             "gflops": counter.get_total_flops() / 1e9, "seconds": seconds}
 
 
-def run_image(model: nn.Module, image: torch.Tensor) -> None:
-    with torch.inference_mode():
+def run_image(model: nn.Module, image: torch.Tensor, counted: bool = False) -> None:
+    """One image through the model under ``torch.inference_mode()``, or ``torch.no_grad()`` for a counted pass.
+
+    The same kernels run either way, but a TorchDispatchMode (the FLOP and traffic counters) sees them only with
+    autograd's dispatch on: then composite ops (einsum, linear, matmul) reach it decomposed and after CPU
+    autocast's casts, as they execute. Under inference_mode they reach it whole and skip autocast's casts (a
+    mixed-dtype einsum in SAM fails in bf16)."""
+    with torch.no_grad() if counted else torch.inference_mode():
         model([{"image": image, "height": image.shape[-2], "width": image.shape[-1]}])
+
+
+def count_image(model: nn.Module, image: torch.Tensor, probe: ComponentProbe, balance: Optional[float] = None) -> dict:
+    """One counted pass of ``image`` at the model's precision: {"flops": counts}, and with ``balance`` (the
+    machine's FLOP per byte, :class:`TrafficCounter`) also "bytes" and "op_roofline_bytes" counts and
+    "bytes_by_operator"; counts are {component: exclusive count, "glue": the rest, "total": the image's}."""
+    # compiled graphs are opaque to the counters: count on the eager path (same ops, same FLOPs and bytes)
+    eager = torch.compiler.set_stance("force_eager") if getattr(model, "compiled", []) else contextlib.nullcontext()
+    flops = flop_counter()
+    moved = TrafficCounter(flops.get_total_flops, balance) if balance is not None else None
+    with eager, flops, moved or contextlib.nullcontext():
+        probe.meters = {"flops": flops.get_total_flops}
+        if moved is not None:
+            probe.meters.update(bytes=moved.get_total_bytes, op_roofline_bytes=moved.get_op_roofline_bytes)
+        probe.reset()
+        try:
+            run_image(model, image, counted=True)
+            totals = probe._read()
+        finally:
+            probe.meters = {}
+    counts = {quantity: dict(probe.counts[quantity], glue=total - sum(probe.counts[quantity].values()), total=total)
+              for quantity, total in totals.items()}
+    if moved is not None:
+        counts["bytes_by_operator"] = dict(moved.by_operator)
+    return counts
 
 
 @contextlib.contextmanager
 def counted_in_fp32(model: nn.Module):
-    """Run the FLOP pass without autocast: the same ops and FLOPs, and FlopCounterMode's dispatch does not
-    apply CPU autocast's casts to mixed-dtype einsums (SAM's relative positions would fail in bf16)."""
+    """Run a counting pass without autocast (fvcore's trace, the training step's FLOP pass): the same ops and
+    FLOPs."""
     saved = dict(model._picked_precision)
     model._picked_precision[model.device.type] = ("fp32", "FLOP count")
     try:
@@ -271,22 +407,14 @@ def counted_in_fp32(model: nn.Module):
 
 
 def measure(model: nn.Module, image: torch.Tensor, device: torch.device, runs: int, warmup: int,
-            count_flops: bool = True) -> dict:
-    """FLOPs (one counted pass, also the first warm-up), then ``runs`` timed runs; per-component breakdown."""
+            count_flops: bool = True, balance: Optional[float] = None) -> dict:
+    """FLOPs, and with ``balance`` bytes moved (one counted pass, also the first warm-up: :func:`count_image`),
+    then ``runs`` timed runs; per-component breakdown."""
     sync = _sync(device)
     probe = ComponentProbe(model, sync)
     try:
-        result = {}
+        result = count_image(model, image, probe, balance) if count_flops else {}
         compiled = bool(getattr(model, "compiled", []))
-        if count_flops:
-            # compiled graphs are opaque to the counter: count on the eager path (same ops, same FLOPs)
-            eager = torch.compiler.set_stance("force_eager") if compiled else contextlib.nullcontext()
-            with eager, counted_in_fp32(model), flop_counter() as counter:
-                probe.counter = counter
-                run_image(model, image)
-            probe.counter = None
-            total = counter.get_total_flops()
-            result["flops"] = dict(probe.flops, glue=total - sum(probe.flops.values()), total=total)
         if compiled:  # the first compiled call compiles: timed apart from the steady state
             sync()
             t0 = time.perf_counter()
@@ -328,10 +456,44 @@ def random_image(height: int, width: int, device: torch.device) -> torch.Tensor:
     return (torch.rand(3, height, width, generator=generator) * 255).to(device)
 
 
+def roofline(flops: int, moved: int, op_roofline_bytes: float, peak_gflops_per_s: float, gbytes_per_s: float) -> dict:
+    """What moving ``moved`` bytes allows ``flops`` FLOPs: GFLOPs, GB, FLOP per byte, the time floors set by the
+    matmul peak and by the memory bandwidth, and the roofline bound on the share of the peak,
+    (flops / peak) / max(flops / peak, bytes / bandwidth): the best share of the peak that any implementation
+    moving these bytes can reach. The op-by-op bound divides by the op-by-op floor (``op_roofline_bytes`` /
+    bandwidth, :class:`TrafficCounter`) instead: the best share of the eager execution, whose ops run one after
+    the other. Bounds are None where there is neither work nor traffic."""
+    compute, memory = flops / peak_gflops_per_s / 1e9, moved / gbytes_per_s / 1e9
+    op_by_op = op_roofline_bytes / gbytes_per_s / 1e9
+    return {"gflops_per_image": flops / 1e9, "gbytes_per_image": moved / 1e9,
+            "flop_per_byte": flops / moved if moved else None,
+            "compute_floor_seconds": compute, "memory_floor_seconds": memory, "op_by_op_floor_seconds": op_by_op,
+            "roofline_share_of_peak": compute / max(compute, memory) if compute or memory else None,
+            "op_by_op_share_of_peak": compute / op_by_op if op_by_op else None}
+
+
+def traffic_report(counts: dict, peaks: Dict[str, dict], precision: str) -> dict:
+    """:func:`roofline` of each component and of the whole image from :func:`count_image`'s counts, against the
+    ``precision`` matmul peak and the memory bandwidth: {"components": {name: row}, "total": row, ...}."""
+    peak, bandwidth = peaks[precision]["gflops_per_s"], peaks["memory"]["gbytes_per_s"]
+    rows = {name: roofline(*(counts[q].get(name, 0) for q in ("flops", "bytes", "op_roofline_bytes")), peak,
+                           bandwidth) for name in COMPONENT_NAMES + ["total"]}
+    by_operator = sorted(counts["bytes_by_operator"].items(), key=lambda kv: -kv[1])
+    return {"components": {name: rows[name] for name in COMPONENT_NAMES}, "total": rows["total"],
+            "by_operator_gbytes": {op: n / 1e9 for op, n in by_operator}, "rule": TRAFFIC_RULE}
+
+
+def machine_balance(peaks: Dict[str, dict], precision: str) -> float:
+    """The machine's FLOP per byte in ``precision``: matmul peak / memory bandwidth."""
+    return peaks[precision]["gflops_per_s"] / peaks["memory"]["gbytes_per_s"]
+
+
 def benchmark(cfg, device: torch.device, classes: int, image_size, runs: int, warmup: int,
-              config_file: str = "", peaks: Optional[Dict[str, dict]] = None, fvcore: bool = False) -> dict:
+              config_file: str = "", peaks: Optional[Dict[str, dict]] = None, fvcore: bool = False,
+              traffic: bool = False) -> dict:
     """The full report of one config (see the module doc); JSON-serialisable. ``peaks``: :func:`machine_peaks`
-    (timed here when not given); ``fvcore``: also fvcore's count (:func:`fvcore_count`)."""
+    (timed here when not given); ``fvcore``: also fvcore's count (:func:`fvcore_count`); ``traffic``: also the
+    bytes each component moves and its roofline bound (:func:`traffic_report`, under "traffic")."""
     peaks = peaks or machine_peaks(device)
     torch.manual_seed(0)
     model = build_model(cfg, device)
@@ -342,7 +504,7 @@ def benchmark(cfg, device: torch.device, classes: int, image_size, runs: int, wa
     model.set_vocabulary(names)
     vocabulary = encode_vocabulary(model, names, device)
     image = random_image(*image_size, device)
-    measured = measure(model, image, device, runs, warmup)
+    measured = measure(model, image, device, runs, warmup, balance=machine_balance(peaks, picked) if traffic else None)
     components = {}
     for name in COMPONENT_NAMES:
         row = params.get(name, {"total": 0, "trainable": 0})
@@ -367,10 +529,7 @@ def benchmark(cfg, device: torch.device, classes: int, image_size, runs: int, wa
         "share_of_peak": measured["flops"]["total"] / 1e9 / measured["seconds"] / peak,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "setting": {"image": list(image_size), "classes": classes, "views": num_views(model, image),
-                    "view_size": cfg.MODEL.DINOV3SEG.VIEW_SIZE, "lga_canvas": cfg.TEST.LGA.CANVAS,
-                    "lga_stride": cfg.TEST.LGA.STRIDE, "class_chunk_size": cfg.MODEL.DINOV3SEG.CLASS_CHUNK_SIZE,
-                    "runs": runs, "warmup": warmup},
+        "setting": dict(setting(cfg, model, image, classes), runs=runs, warmup=warmup),
         "params_total": params["all"]["total"],
         "params_trainable": params["all"]["trainable"],
         "gflops_per_image": measured["flops"]["total"] / 1e9,
@@ -386,9 +545,42 @@ def benchmark(cfg, device: torch.device, classes: int, image_size, runs: int, wa
         "components": components,
         "paper": PAPER,
     }
+    if traffic:
+        report["traffic"] = traffic_report(measured, peaks, picked)
     if fvcore:
         report["fvcore"] = fvcore_count(model, image)
     return report
+
+
+def setting(cfg, model: nn.Module, image: torch.Tensor, classes: int) -> dict:
+    """The image, vocabulary and LGA setting of a run."""
+    return {"image": list(image.shape[-2:]), "classes": classes, "views": num_views(model, image),
+            "view_size": cfg.MODEL.DINOV3SEG.VIEW_SIZE, "lga_canvas": cfg.TEST.LGA.CANVAS,
+            "lga_stride": cfg.TEST.LGA.STRIDE, "class_chunk_size": cfg.MODEL.DINOV3SEG.CLASS_CHUNK_SIZE}
+
+
+def count_on_fake_tensors(cfg, device: torch.device, classes: int, image_size, peaks: Dict[str, dict],
+                          config_file: str = "") -> dict:
+    """FLOPs and bytes moved of one image per component and their roofline bounds, counted on fake tensors
+    (shapes, dtypes and strides, no data: nothing is computed, the full-size model counts in seconds) at the
+    precision ``cfg`` runs in on ``device``, autocast included. The counts are those of a real counted pass;
+    the class embeddings, cached in a real run, are a T x P x 2D stand-in (encoding reads token values)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from ..modeling.meta_arch import head_input_shape
+
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        model = build_model(cfg, device, fake=True)
+        picked, reason = model.picked_precision()
+        model.set_vocabulary(class_names(classes))
+        text = torch.zeros(classes, model.text_embedder.num_templates, head_input_shape(cfg)["text"].channels)
+        model._text = lambda names: text
+        image = random_image(*image_size, device)
+        counts = count_image(model, image, ComponentProbe(model), machine_balance(peaks, picked))
+        run_setting = setting(cfg, model, image, classes)
+    return {"config": config_file, "device": device_description(device), "precision": picked,
+            "precision_reason": reason, "machine_peaks": peaks, "setting": run_setting, "torch": torch.__version__,
+            "traffic": traffic_report(counts, peaks, picked)}
 
 
 def training_batch(batch: int, size: int, classes: int, device: torch.device) -> List[dict]:
@@ -520,8 +712,9 @@ def format_report(r: dict) -> str:
     lines = [f"dinov3seg benchmark: {r['config']} on {r['device']} ({r['precision']}: {r['precision_reason']}), "
              f"torch {r['torch']}" + (f", compiled: {', '.join(r['compiled'])}" if r["compiled"] else ""),
              f"machine limit: dense matmul {peaks['fp32']['gflops_per_s']:.1f} GFLOP/s fp32 (n={peaks['fp32']['n']}), "
-             f"{peaks['bf16']['gflops_per_s']:.1f} GFLOP/s bf16 (n={peaks['bf16']['n']}); '% peak' below is against "
-             f"the {r['precision']} figure",
+             f"{peaks['bf16']['gflops_per_s']:.1f} GFLOP/s bf16 (n={peaks['bf16']['n']}), memory "
+             f"{peaks['memory']['gbytes_per_s']:.1f} GB/s (copy of {peaks['memory']['mib']} MiB); '% peak' below is "
+             f"against the {r['precision']} figure",
              f"setting: image {s['image'][0]}x{s['image'][1]}, LGA canvas {s['lga_canvas']} stride {s['lga_stride']}"
              f" -> {s['views']} views of {s['view_size']}, {s['classes']} classes (text cached), "
              f"median of {s['runs']} runs",
@@ -553,7 +746,51 @@ def format_report(r: dict) -> str:
         f"ours:  {r['params_total'] / 1e9:.3f} B params, {total_f:,.0f} GFLOPs/image, {total_s:.3f} s/image "
         f"on {r['device']}",
     ]
+    if "traffic" in r:
+        lines.append(format_traffic(r))
     return "\n".join(lines)
+
+
+def format_traffic(r: dict) -> str:
+    """Bytes moved per component (eager), FLOP per byte, the time floors and roofline bounds on the share of the
+    peak (:func:`roofline`); beside the measured seconds and share where the report has them."""
+    t, peaks, precision = r["traffic"], r["machine_peaks"], r["precision"]
+    peak, bandwidth = peaks[precision]["gflops_per_s"], peaks["memory"]["gbytes_per_s"]
+    timed = "components" in r
+    lines = [f"memory traffic of eager execution (each op reads its inputs and writes its outputs) and roofline "
+             f"bounds: {precision} peak {peak:.1f} GFLOP/s, memory {bandwidth:.1f} GB/s: compute-bound from "
+             f"{peak / bandwidth:.1f} FLOP/byte",
+             "bound % = (FLOPs / peak) / max(FLOPs / peak, bytes / bandwidth): any schedule moving these bytes; "
+             "op-by-op: each op alone at its roofline, one after the other (the eager execution)",
+             f"{'component':<22}{'GFLOPs/img':>12}{'GB/img':>10}{'FLOP/B':>9}{'compute s':>11}{'memory s':>10}"
+             f"{'bound %':>9}{'op-by-op s':>12}{'bound %':>9}" + (f"{'s/img':>10}{'% peak':>8}" if timed else "")]
+    for name, row in list(t["components"].items()) + [("total", t["total"])]:
+        line = (f"{name:<22}{row['gflops_per_image']:>12.1f}{row['gbytes_per_image']:>10.2f}"
+                f"{_maybe(row['flop_per_byte'], 9, 1)}{row['compute_floor_seconds']:>11.3f}"
+                f"{row['memory_floor_seconds']:>10.3f}{_maybe(row['roofline_share_of_peak'], 9, 1, 100)}"
+                f"{row['op_by_op_floor_seconds']:>12.3f}{_maybe(row['op_by_op_share_of_peak'], 9, 1, 100)}")
+        if timed:
+            measured = r["components"][name] if name != "total" else r
+            line += f"{measured['seconds_per_image']:>10.3f}{100 * measured['share_of_peak']:>8.1f}"
+        lines.append(line)
+    lines.append("traffic by operator (GB/img): " + ", ".join(
+        f"{op} {gb:.2f}" for op, gb in list(t["by_operator_gbytes"].items())[:12]))
+    return "\n".join(lines)
+
+
+def _maybe(value: Optional[float], width: int, digits: int, scale: float = 1.0) -> str:
+    return f"{'-':>{width}}" if value is None else f"{scale * value:>{width}.{digits}f}"
+
+
+def format_counts(r: dict) -> str:
+    """The report of :func:`count_on_fake_tensors`."""
+    s = r["setting"]
+    return "\n".join([
+        f"dinov3seg counts on fake tensors (no compute): {r['config']} on {r['device']} ({r['precision']}: "
+        f"{r['precision_reason']}), torch {r['torch']}",
+        f"setting: image {s['image'][0]}x{s['image'][1]}, LGA canvas {s['lga_canvas']} stride {s['lga_stride']} -> "
+        f"{s['views']} views of {s['view_size']}, {s['classes']} classes (text cached)",
+        format_traffic(r)])
 
 
 def format_fvcore(r: dict) -> str:
@@ -636,10 +873,18 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="benchmark these settings one after the other in this run (e.g. fp32 compiled)")
     parser.add_argument("--fvcore", action="store_true",
                         help="also count with fvcore's FlopCountAnalysis (Detectron2's), per component")
+    parser.add_argument("--traffic", action="store_true",
+                        help="also count the bytes each component moves (eager) and its roofline bound on the share "
+                             "of the peak")
+    parser.add_argument("--counts-only", action="store_true",
+                        help="only count FLOPs and bytes per component on fake tensors (no compute: seconds for "
+                             "vitl_384) and their roofline bounds against this machine's measured limits")
     parser.add_argument("--train", action="store_true", help="also time training iterations (--train-batch crops)")
     parser.add_argument("--train-batch", type=int, default=2, help="crops per training iteration")
     parser.add_argument("--peak-seconds", type=float, default=0.25,
                         help="time of one product when timing the machine's matmul peak")
+    parser.add_argument("--bandwidth-mib", type=int, default=512,
+                        help="size of each of the two tensors of the copy that times the memory bandwidth")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE ...")
     args = parser.parse_args(argv)
     if args.threads:
@@ -652,13 +897,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device available")
     warmup = args.warmup if args.warmup is not None else (2 if device.type == "cuda" else 0)
-    peaks = machine_peaks(device, args.peak_seconds)
+    peaks = machine_peaks(device, args.peak_seconds, args.bandwidth_mib)
     settings = ({m: MODES[m] for m in args.modes} if args.modes else
                 {"run": (args.precision, True if args.compile else None)})
     reports = {}
+    if args.counts_only:
+        for name, (precision, _) in settings.items():
+            reports[name] = count_on_fake_tensors(mode_cfg(cfg, precision, None), device, args.classes,
+                                                  tuple(args.image_size), peaks, args.config_file)
+            print(format_counts(reports[name]), flush=True)
+        write_json(args.json, reports["run"] if not args.modes else dict(reports[args.modes[0]], modes=reports))
+        return 0
     for name, (precision, compile_) in settings.items():
         reports[name] = benchmark(mode_cfg(cfg, precision, compile_), device, args.classes, tuple(args.image_size),
-                                  args.runs, warmup, args.config_file, peaks, args.fvcore)
+                                  args.runs, warmup, args.config_file, peaks, args.fvcore, args.traffic)
         if args.modes:
             reports[name]["mode"] = name
         print(format_report(reports[name]), flush=True)
@@ -675,11 +927,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("sweep (time and peak memory per image):")
         report["sweep"] = sweep(mode_cfg(cfg, args.precision, True if args.compile else None), device,
                                 args.sweep_classes, args.sweep_sizes, args.runs, args.classes, args.sweep_chunk)
-    if args.json:
-        with open(args.json, "w") as f:
+    write_json(args.json, report)
+    return 0
+
+
+def write_json(path: str, report: dict) -> None:
+    """``report`` to ``path`` (nothing when ""), non-finite floats as null."""
+    if path:
+        with open(path, "w") as f:
             json.dump(report, f, indent=1, default=lambda x: x if not isinstance(x, float) or math.isfinite(x)
                       else None)
-    return 0
 
 
 if __name__ == "__main__":
