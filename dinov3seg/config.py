@@ -62,7 +62,8 @@ def add_dinov3seg_config(cfg):
     cfg.MODEL.DINOTXT.TEXT_WIDTH = 1280
     cfg.MODEL.DINOTXT.TEXT_HEADS = 20
     cfg.MODEL.DINOTXT.TEXT_LAYERS = 24
-    # Which text-tower parameters are trained: "none", "attention" (qkv + proj) or "full".
+    # Which text-tower parameters are trained: "none", "attention" (qkv + proj), "embeddings" (token embeddings +
+    # output projection: the words move, the frozen transformer keeps composing them) or "full".
     cfg.MODEL.DINOTXT.TEXT_FINETUNE = "none"
 
     # --- AnyUp early refinement (frozen) ---

@@ -56,7 +56,7 @@ def test_training_loss_backpropagates_to_the_head_only_and_tuned_text(model, t):
     assert all(p.grad is not None for p in model.sem_seg_head.parameters())
     assert all(p.grad is None for p in model.dinotxt.backbone.parameters())
     assert all(p.grad is None for p in model.sam.parameters())
-    assert model.dinotxt.text.head["linear_projection"].weight.grad is not None  # TEXT_FINETUNE full
+    assert model.dinotxt.text.head["linear_projection"].weight.grad is not None  # TEXT_FINETUNE embeddings
     model.eval()
 
 
@@ -252,6 +252,20 @@ def test_bad_switch_values_are_clear_errors():
         build_model(quickstart_cfg("MODEL.DINOV3SEG.CLASS_ATTENTION", "softmax"))
     with pytest.raises(ValueError, match="TEXT_FINETUNE"):
         build_model(quickstart_cfg("MODEL.DINOTXT.TEXT_FINETUNE", "some"))
+
+
+@pytest.mark.parametrize("mode, tuned", [
+    ("none", set()),
+    ("attention", {"attention.qkv.weight", "attention.proj.weight", "attention.proj.bias"}),  # qkv has no bias
+    ("embeddings", {"token_embedding.weight", "linear_projection.weight"}),
+])
+def test_text_finetune_modes_tune_only_their_parameters(mode, tuned):
+    model = build_model(quickstart_cfg("MODEL.DINOTXT.TEXT_FINETUNE", mode))
+    names = [n for n, p in model.named_parameters() if n.startswith("dinotxt.") and p.requires_grad]
+    assert all(n.startswith("dinotxt.text.") for n in names)
+    # each tuned parameter is one of the mode's kinds, and every kind is tuned
+    kinds = {next((k for k in tuned if n.endswith("." + k)), n) for n in names}
+    assert kinds == tuned, names
 
 
 @pytest.mark.parametrize("opts", [

@@ -15,8 +15,9 @@ from .dinov3_weights import load_dinov3_weights
 from .sam import SAM_VARIANTS, SAMPriorEncoder
 from .weights import WEIGHT_SPECS, read_weights, weight_path
 
-# Text-tower parameters trained by MODEL.DINOTXT.TEXT_FINETUNE="attention".
-ATTENTION_PARAMS = (".attention.qkv.", ".attention.proj.")
+# Text-tower parameters trained by MODEL.DINOTXT.TEXT_FINETUNE "attention" and "embeddings".
+FINETUNED_PARAMS = {"attention": (".attention.qkv.", ".attention.proj."),
+                    "embeddings": (".token_embedding.", ".linear_projection.")}
 
 
 def built_for(path: str):
@@ -55,11 +56,12 @@ def build_dinotxt(cfg) -> DINOTxt:
     mode = t.TEXT_FINETUNE
     if mode == "full":
         text.requires_grad_(True)
-    elif mode == "attention":
+    elif mode in FINETUNED_PARAMS:
         for name, param in text.named_parameters():
-            param.requires_grad = any(p in f".{name}" for p in ATTENTION_PARAMS)
+            param.requires_grad = any(p in f".{name}" for p in FINETUNED_PARAMS[mode])
     elif mode != "none":
-        raise ValueError(f"MODEL.DINOTXT.TEXT_FINETUNE must be 'none', 'attention' or 'full', got {mode!r}")
+        raise ValueError(f"MODEL.DINOTXT.TEXT_FINETUNE must be 'none', 'attention', 'embeddings' or 'full', "
+                         f"got {mode!r}")
     return model
 
 
