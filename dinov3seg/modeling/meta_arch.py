@@ -61,7 +61,7 @@ class DINOv3Seg(FollowsPrecision, nn.Module):
                  pixel_mean, pixel_std, view_size: int, use_vision_head: bool, anyup_output_stride: int,
                  sam_decoder_guidance: List[int], train_class_names: List[str], test_class_names: List[str],
                  ignore_value: int, ignore_as_negative: bool, precision: str, init_logits_at_class_prior: bool = False,
-                 compile: bool = False):
+                 compile: bool = False, reuse_freed_cpu_memory: bool = True):
         super().__init__()
         self.dinotxt, self.anyup, self.sam = dinotxt, anyup, sam
         self.sem_seg_head = sem_seg_head
@@ -79,7 +79,8 @@ class DINOv3Seg(FollowsPrecision, nn.Module):
         self.test_class_names = test_class_names
         self.ignore_value = ignore_value
         self.ignore_as_negative = ignore_as_negative
-        self._init_precision(precision)  # norms run in fp32 under bf16 autocast (see modeling/precision.py)
+        # norms run in fp32 under bf16 autocast (see modeling/precision.py); CPU runs reuse freed buffers
+        self._init_precision(precision, reuse_freed_cpu_memory)
         self.compiled = compile_model(self) if compile else []
 
     @classmethod
@@ -107,7 +108,8 @@ class DINOv3Seg(FollowsPrecision, nn.Module):
             sam_decoder_guidance=cfg.MODEL.SAM.DECODER_GUIDANCE, train_class_names=train_names,
             test_class_names=test_names, ignore_value=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
             ignore_as_negative=head_cfg.IGNORE_AS_NEGATIVE, precision=head_cfg.PRECISION,
-            init_logits_at_class_prior=head_cfg.INIT_LOGITS_AT_CLASS_PRIOR, compile=cfg.MODEL.COMPILE)
+            init_logits_at_class_prior=head_cfg.INIT_LOGITS_AT_CLASS_PRIOR, compile=cfg.MODEL.COMPILE,
+            reuse_freed_cpu_memory=cfg.MODEL.REUSE_FREED_CPU_MEMORY)
 
     @property
     def device(self) -> torch.device:

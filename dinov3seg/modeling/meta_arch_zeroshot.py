@@ -91,7 +91,7 @@ class DINOTxtZeroShot(FollowsPrecision, nn.Module):
                  lga: Optional[LocalGlobalAggregation], pixel_mean, pixel_std,
                  test_class_names: Optional[List[str]] = None, mode: str = "slide", short_side: int = 512,
                  window: int = 384, stride: int = 192, use_vision_head: bool = False, anyup_output_stride: int = 16,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", reuse_freed_cpu_memory: bool = True):
         """
         Args:
             dinotxt: the frozen ``DINOTxt`` (backbone, vision head, text tower).
@@ -106,6 +106,7 @@ class DINOTxtZeroShot(FollowsPrecision, nn.Module):
             use_vision_head: vision-head patch tokens instead of the raw backbone ones.
             anyup_output_stride: AnyUp's output stride (16, 8 or 4).
             precision: MODEL.DINOV3SEG.PRECISION ("fp32": Meta's numbers exactly; "bf16"; "auto").
+            reuse_freed_cpu_memory: MODEL.REUSE_FREED_CPU_MEMORY (see ``modeling/cpu_memory.py``).
         """
         super().__init__()
         if mode not in MODES:
@@ -122,7 +123,7 @@ class DINOTxtZeroShot(FollowsPrecision, nn.Module):
         self.mode, self.short_side, self.window, self.stride = mode, short_side, window, stride
         self.use_vision_head = use_vision_head
         self.anyup_output_stride = anyup_output_stride
-        self._init_precision(precision)
+        self._init_precision(precision, reuse_freed_cpu_memory)
         self.eval()
 
     @classmethod
@@ -144,7 +145,8 @@ class DINOTxtZeroShot(FollowsPrecision, nn.Module):
             pixel_mean=cfg.MODEL.PIXEL_MEAN, pixel_std=cfg.MODEL.PIXEL_STD,
             test_class_names=configured_test_vocabulary(cfg), mode=c.MODE, short_side=c.SHORT_SIDE,
             window=c.WINDOW, stride=c.STRIDE, use_vision_head=cfg.MODEL.DINOTXT.USE_VISION_HEAD,
-            anyup_output_stride=cfg.MODEL.ANYUP.OUTPUT_STRIDE, precision=cfg.MODEL.DINOV3SEG.PRECISION)
+            anyup_output_stride=cfg.MODEL.ANYUP.OUTPUT_STRIDE, precision=cfg.MODEL.DINOV3SEG.PRECISION,
+            reuse_freed_cpu_memory=cfg.MODEL.REUSE_FREED_CPU_MEMORY)
 
     @property
     def device(self) -> torch.device:

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cpu_memory import reuse_freed_cpu_memory
+
 PRECISIONS = ("auto", "fp32", "bf16")
 CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 logger = logging.getLogger(__name__)
@@ -95,12 +97,15 @@ def fp32_region(device: torch.device):
 
 class FollowsPrecision:
     """For the meta-architectures (``nn.Module`` subclasses with a ``device``): ``_init_precision`` in
-    ``__init__``, then ``picked_precision()`` resolves the setting per device type (logged once) and
-    ``_autocast()`` runs under it."""
+    ``__init__``, then ``picked_precision()`` resolves the setting per device type (logged once; the first CPU
+    run also sets the CPU allocator, :mod:`.cpu_memory`) and ``_autocast()`` runs under it."""
 
-    def _init_precision(self, precision: str) -> None:
-        """Take a ``MODEL.DINOV3SEG.PRECISION`` value; the model's norms then run in fp32 under bf16 autocast."""
+    def _init_precision(self, precision: str, reuse_freed_cpu_memory: bool = True) -> None:
+        """Take a ``MODEL.DINOV3SEG.PRECISION`` value; the model's norms then run in fp32 under bf16 autocast.
+        ``reuse_freed_cpu_memory`` (``MODEL.REUSE_FREED_CPU_MEMORY``): the first run on CPU sets the process's
+        allocator to keep freed buffers (:mod:`.cpu_memory`)."""
         self.precision = check_precision(precision)
+        self.reuse_freed_cpu_memory = reuse_freed_cpu_memory
         self._picked_precision: Dict[str, Tuple[str, str]] = {}  # device type -> (precision, reason)
         keep_norms_fp32(self)
 
@@ -110,6 +115,8 @@ class FollowsPrecision:
         if device.type not in self._picked_precision:
             picked, reason = resolve_precision(self.precision, device)
             logger.info(f"dinov3seg runs in {picked} on {device.type}: {reason}")
+            if device.type == "cpu" and self.reuse_freed_cpu_memory:
+                reuse_freed_cpu_memory()
             self._picked_precision[device.type] = (picked, reason)
         return self._picked_precision[device.type]
 
