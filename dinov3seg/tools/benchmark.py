@@ -47,12 +47,16 @@ resizing SAM's input and outputs. Seconds per image are the median of ``--runs``
 doubles as the warm-up (plus ``--warmup`` plain runs).
 
 Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` during a run (weights included; the part above the
-loaded model is reported too); on CPU, the peak resident set size (RSS, sampled every millisecond from
-/proc/self/statm) above the RSS before the run, i.e. the working memory of the run without the weights.
+loaded model is reported too); on CPU, the peak of the bytes malloc has handed out and not taken back (glibc's
+``mallinfo2``, sampled every millisecond) above their count before the run, i.e. the working memory of the run
+without the weights. (The resident set size would miss it: with ``MODEL.REUSE_FREED_CPU_MEMORY`` freed buffers stay
+resident, so the RSS before a run already holds the previous run's peak. Without glibc: the RSS, from
+/proc/self/statm.)
 """
 import argparse
 import collections
 import contextlib
+import ctypes
 import json
 import math
 import os
@@ -227,15 +231,47 @@ class ComponentProbe:
         self._patched = []
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+def _glibc_mallinfo2() -> Optional[Callable[[], _MallInfo2]]:
+    """glibc's ``mallinfo2`` (glibc >= 2.33), or None."""
+    try:
+        mallinfo2 = ctypes.CDLL(None).mallinfo2
+    except (AttributeError, OSError):
+        return None
+    mallinfo2.restype = _MallInfo2
+    return mallinfo2
+
+
 class PeakMemory:
-    """Peak memory of a block of work: CUDA max allocated, or peak RSS above the starting RSS on CPU."""
+    """Peak memory of a block of work: CUDA max allocated, or on CPU the peak of malloc's bytes in use above
+    their count at the start (the RSS where glibc's ``mallinfo2`` is missing)."""
+
+    RULE_CPU = ("peak of malloc's bytes in use above their count before the run (glibc mallinfo2, sampled every "
+                "1 ms; weights excluded)")
+    RULE_CPU_RSS = "peak RSS above the RSS before the run (sampled every 1 ms; weights excluded)"
+    _mallinfo2 = _glibc_mallinfo2()
 
     def __init__(self, device: torch.device):
         self.device = device
         self.peak = self.above_model = 0
 
-    @staticmethod
-    def _rss() -> int:
+    @classmethod
+    def rule(cls, device: torch.device) -> str:
+        if device.type == "cuda":
+            return "torch.cuda.max_memory_allocated (weights included)"
+        return cls.RULE_CPU if cls._mallinfo2 else cls.RULE_CPU_RSS
+
+    @classmethod
+    def _in_use(cls) -> int:
+        """Bytes in use: malloc's (handed out, not freed: small chunks + mmapped ones), else the RSS."""
+        if cls._mallinfo2:
+            info = cls._mallinfo2()
+            return info.uordblks + info.hblkhd
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
@@ -245,7 +281,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._base = torch.cuda.memory_allocated(self.device)
         else:
-            self._base = self._max = self._rss()
+            self._base = self._max = self._in_use()
             self._stop = threading.Event()
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
@@ -253,7 +289,7 @@ class PeakMemory:
 
     def _sample(self):
         while not self._stop.wait(0.001):
-            self._max = max(self._max, self._rss())
+            self._max = max(self._max, self._in_use())
 
     def __exit__(self, *exc):
         if self.device.type == "cuda":
@@ -263,7 +299,7 @@ class PeakMemory:
         else:
             self._stop.set()
             self._thread.join()
-            self._max = max(self._max, self._rss())
+            self._max = max(self._max, self._in_use())
             self.peak = self.above_model = self._max - self._base
 
 
@@ -538,8 +574,7 @@ def benchmark(cfg, device: torch.device, classes: int, image_size, runs: int, wa
         "seconds_all_runs": measured["seconds_all"],
         "peak_memory_bytes": measured["peak_memory_bytes"],
         "peak_memory_above_model_bytes": measured["peak_memory_above_model_bytes"],
-        "peak_memory_rule": ("torch.cuda.max_memory_allocated (weights included)" if device.type == "cuda" else
-                             "peak RSS above the RSS before the run (sampled every 1 ms; weights excluded)"),
+        "peak_memory_rule": PeakMemory.rule(device),
         "flop_rule": "torch FlopCounterMode, multiply-add = 2 FLOPs; matmul/conv/SDPA only (see module doc)",
         "vocabulary_encoding": vocabulary,
         "components": components,
