@@ -21,18 +21,19 @@ Size = Union[int, Tuple[int, int]]
 
 
 class PointwiseConv(nn.Conv2d):
-    """Bias-free 1x1 convolution computed as one matmul over the NCHW layout: [B,C,H,W] -> [B,O,H,W].
+    """Bias-free 1x1 convolution computed as one matmul over the pixels: [B,C,H,W] -> [B,O,H,W] channels-last.
 
-    The same function and parameters as ``nn.Conv2d(C, O, 1, bias=False)``; on CPU the matmul is 1.5x faster
-    than the NCHW convolution at AnyUp's full-resolution 128-channel maps.
+    The same function and parameters as ``nn.Conv2d(C, O, 1, bias=False)``. Its output is channels-last (NHWC in
+    memory), so AnyUp's image-resolution maps are from the first layer on: there each product is one
+    [B*H*W, C] x [C, O] matmul, and on CPU the bf16 GroupNorm with fp32 affine runs 2.7x faster than on NCHW
+    maps (5 x 128 x 384 x 384 on an AMX Xeon; element-wise ops and pooling keep the layout).
     """
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__(in_channels, out_channels, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.weight.flatten(1).expand(x.shape[0], -1, -1)  # a batched matmul: no layout copies
-        return torch.bmm(weight, x.flatten(2)).unflatten(2, x.shape[-2:])
+        return F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1)).permute(0, 3, 1, 2)
 
 
 def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
@@ -188,7 +189,9 @@ class RoPE(nn.Module):
             ys = torch.linspace(0, 1, h, device=x.device, dtype=dtype)
             xs = torch.linspace(0, 1, w, device=x.device, dtype=dtype)
             coords = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).reshape(h * w, 2)
-            angle = (coords @ self.freqs.to(dtype)).t().reshape(1, d, h, w)
+            angle = (coords @ self.freqs.to(dtype)).view(1, h, w, d).permute(0, 3, 1, 2)  # channels-last
+            if not x.is_contiguous(memory_format=torch.channels_last):
+                angle = angle.contiguous()  # the layout of x: products of mixed layouts run 10x slower on CPU
         cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
         # x * cos + rotate_half(x) * sin with rotate_half(x) = (-x2, x1), written half by half into one buffer
         out = torch.empty_like(x)

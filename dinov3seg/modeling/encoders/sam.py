@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from segment_anything.modeling import ImageEncoderViT
-from segment_anything.modeling.image_encoder import Block, add_decomposed_rel_pos, window_partition, window_unpartition
+from segment_anything.modeling.image_encoder import Block, get_rel_pos, window_partition, window_unpartition
 from torch import nn
 
 from .weights import WEIGHT_SPECS, load_strict, load_weight_file
@@ -55,6 +55,22 @@ def adapt_sam_state_dict(state_dict: Dict[str, torch.Tensor], encoder: ImageEnco
     return adapted
 
 
+def relative_position_mask(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor,
+                           window: int) -> torch.Tensor:
+    """SAM's decomposed relative-position bias as an additive attention mask: q [N, heads, w*w, d] of square
+    windows -> [N, heads, w*w, w*w].
+
+    The bias ``add_decomposed_rel_pos`` adds to zero logits, written once into a contiguous buffer (the same
+    values; it built a zero tensor and added two broadcast terms whose layouts differ from it, twice as slow
+    on CPU)."""
+    n, heads, length, d = q.shape
+    r_q = q.reshape(n * heads, window, window, d)
+    rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, get_rel_pos(window, window, rel_pos_h))
+    rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, get_rel_pos(window, window, rel_pos_w))
+    mask = rel_h.new_empty(n * heads, window, window, window, window)
+    return torch.add(rel_h[..., None], rel_w[..., None, :], out=mask).view(n, heads, length, length)
+
+
 def windowed_block_forward(block: Block, x: torch.Tensor) -> torch.Tensor:
     """``block.forward`` of a windowed SAM block, computed without the work SAM spends on window padding.
 
@@ -74,12 +90,7 @@ def windowed_block_forward(block: Block, x: torch.Tensor) -> torch.Tensor:
         qkv = padded
     windows, _ = window_partition(qkv, window)  # [B * windows, window, window, 3C], already whole windows
     q, k, v = rearrange(windows, "n wh ww (three heads d) -> three n heads (wh ww) d", three=3, heads=attn.num_heads)
-    mask = None
-    if attn.use_rel_pos:
-        n, heads, length, d = q.shape
-        mask = add_decomposed_rel_pos(q.new_zeros(n * heads, length, length), q.reshape(n * heads, length, d),
-                                      attn.rel_pos_h, attn.rel_pos_w, (window, window), (window, window))
-        mask = mask.view(n, heads, length, length)
+    mask = relative_position_mask(q, attn.rel_pos_h, attn.rel_pos_w, window) if attn.use_rel_pos else None
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # scale 1/sqrt(d), as SAM's attn.scale
     out = rearrange(out, "n heads (wh ww) d -> n wh ww (heads d)", wh=window)
     x = x + attn.proj(window_unpartition(out, window, (hp, wp), (h, w)))

@@ -24,6 +24,13 @@ from .spatial_refinement import SpatialRefinement
 PRUNED_LOGIT = -100.0  # logit of the classes beyond the top pad_len (CAT-Seg)
 
 
+def empty_in_layout_of(like: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """An uninitialised tensor of ``shape`` (the rank of ``like``) whose dims lie in memory in the order of
+    ``like``'s (e.g. (B, T, C, H, W) stored as B, T, H, W, C)."""
+    order = sorted(range(like.dim()), key=lambda d: -like.stride(d))  # outermost first
+    return like.new_empty([shape[d] for d in order]).permute([order.index(d) for d in range(like.dim())])
+
+
 @SEM_SEG_HEADS_REGISTRY.register()
 class DINOv3SegHead(nn.Module):
     """Turns patch features, class text and image guidance into per-class logits.
@@ -114,8 +121,8 @@ class DINOv3SegHead(nn.Module):
         out = None
         for start in range(0, x.shape[1], self.chunk):
             y = fn(x[:, start : start + self.chunk], *args)
-            if out is None:
-                out = y.new_empty(x.shape[:2] + y.shape[2:])
+            if out is None:  # in the memory layout of y: the copies below and the next layer's reads stay plain
+                out = empty_in_layout_of(y, x.shape[:2] + y.shape[2:])
             out[:, start : start + self.chunk] = y
         return out
 
