@@ -34,14 +34,15 @@ def test_tiny_view_outputs_and_hooks():
 
 
 @pytest.mark.parametrize("image_size", [384, 448])  # 24x24 grid: pads to 28x28 for 14x14 windows; 28x28: no pad
-def test_windowed_blocks_skip_the_padding_with_the_same_result(image_size):
+def test_blocks_run_one_sdpa_and_skip_the_padding_with_the_same_result(image_size):
     torch.manual_seed(0)
     encoder = SAMPriorEncoder(image_size=image_size, **TINY)
-    windowed = [b for b in encoder.image_encoder.blocks if b.window_size > 0]
-    assert len(windowed) == 2 and all("forward" in vars(b) for b in windowed)
+    blocks = encoder.image_encoder.blocks
+    assert sorted(b.window_size > 0 for b in blocks) == [False, False, True, True]  # 2 global, 2 windowed
+    assert all("forward" in vars(b) for b in blocks)
     grid = image_size // 16
     with torch.no_grad():
-        for block in windowed:
+        for block in blocks:
             for rel_pos in (block.attn.rel_pos_h, block.attn.rel_pos_w):
                 rel_pos.normal_()  # SAM initialises them to zero
             x = torch.randn(2, grid, grid, 32)

@@ -32,7 +32,7 @@ class MaskedBiasLinear(nn.Linear):
 def rope_apply(x: Tensor, sin: Tensor, cos: Tensor) -> Tensor:
     """Rotate the last ``sin.shape[0]`` tokens of x [B, heads, N, Dh] by sin/cos [n, Dh] (rotate-half pairs)."""
     prefix = x.shape[-2] - sin.shape[-2]
-    tail = x[..., prefix:, :].to(sin.dtype)
+    tail = x[..., prefix:, :].to(sin.dtype, memory_format=torch.contiguous_format)  # the layout of sin / cos
     x1, x2 = tail.chunk(2, dim=-1)
     rotated = tail * cos + torch.cat([-x2, x1], dim=-1) * sin
     return torch.cat([x[..., :prefix, :], rotated.to(x.dtype)], dim=-2)

@@ -5,11 +5,11 @@ The encoder is built for the view size (e.g. 384 -> a 24x24 token grid, aligned 
 grid, and the relative-position tables of the global-attention blocks (127 entries) are resampled linearly
 to 2 * grid - 1 entries, exactly the interpolation SAM's own ``get_rel_pos`` would apply on every forward.
 Windowed blocks keep their 14x14 windows (27-entry tables); SAM pads a 24x24 grid to 28x28 for them, and
-``windowed_block_forward`` skips the projections of those pad tokens.
+``block_forward`` skips the projections of those pad tokens and runs every block's attention as one SDPA call.
 """
 import types
 from functools import partial
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -56,44 +56,53 @@ def adapt_sam_state_dict(state_dict: Dict[str, torch.Tensor], encoder: ImageEnco
 
 
 def relative_position_mask(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor,
-                           window: int) -> torch.Tensor:
-    """SAM's decomposed relative-position bias as an additive attention mask: q [N, heads, w*w, d] of square
-    windows -> [N, heads, w*w, w*w].
+                           size: Tuple[int, int]) -> torch.Tensor:
+    """SAM's decomposed relative-position bias as an additive attention mask: q [N, heads, h*w, d] of (h, w)
+    token grids (windows, or the whole map) -> [N, heads, h*w, h*w].
 
-    The bias ``add_decomposed_rel_pos`` adds to zero logits, written once into a contiguous buffer (the same
-    values; it built a zero tensor and added two broadcast terms whose layouts differ from it, twice as slow
-    on CPU)."""
+    The bias ``add_decomposed_rel_pos`` adds to the logits, written once into a contiguous buffer (the same
+    values; adding the two broadcast terms, whose layouts differ from the logits', ran twice as slow on CPU)."""
     n, heads, length, d = q.shape
-    r_q = q.reshape(n * heads, window, window, d)
-    rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, get_rel_pos(window, window, rel_pos_h))
-    rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, get_rel_pos(window, window, rel_pos_w))
-    mask = rel_h.new_empty(n * heads, window, window, window, window)
+    h, w = size
+    r_q = q.reshape(n * heads, h, w, d)
+    rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, get_rel_pos(h, h, rel_pos_h))
+    rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, get_rel_pos(w, w, rel_pos_w))
+    mask = rel_h.new_empty(n * heads, h, w, h, w)
     return torch.add(rel_h[..., None], rel_w[..., None, :], out=mask).view(n, heads, length, length)
 
 
-def windowed_block_forward(block: Block, x: torch.Tensor) -> torch.Tensor:
-    """``block.forward`` of a windowed SAM block, computed without the work SAM spends on window padding.
+def block_forward(block: Block, x: torch.Tensor) -> torch.Tensor:
+    """``block.forward`` of a SAM block (windowed or global) with one SDPA call, x: [B, H, W, C] -> [B, H, W, C].
 
-    SAM pads the normed token grid with zeros to whole windows, so a pad token's q, k and v are the qkv bias,
-    and the pad outputs are cropped after the output projection. Here qkv runs on the real tokens and is padded
-    with that bias, the output projection runs on the real tokens (576 of 784 at a 24x24 grid with 14x14
-    windows), and attention is one SDPA call with the decomposed relative-position bias as its additive mask.
-    Same result (tested against ``Block.forward``). x: [B, H, W, C] -> [B, H, W, C].
+    Attention is ``scaled_dot_product_attention`` with the decomposed relative-position bias as its additive
+    mask (:func:`relative_position_mask`), where SAM multiplies, adds the bias and softmaxes explicitly: the
+    same function, one fused kernel. Windowed blocks also skip the work SAM spends on window padding: SAM pads
+    the normed token grid with zeros to whole windows, so a pad token's q, k and v are the qkv bias, and the pad
+    outputs are cropped after the output projection. Here qkv runs on the real tokens and is padded with that
+    bias, and the output projection runs on the real tokens (576 of 784 at a 24x24 grid with 14x14 windows).
+    Tested against ``Block.forward``.
     """
     attn, window = block.attn, block.window_size
     b, h, w, c = x.shape
     qkv = attn.qkv(block.norm1(x))
-    hp, wp = h + (-h) % window, w + (-w) % window
-    if (hp, wp) != (h, w):
-        padded = (attn.qkv.bias if attn.qkv.bias is not None else qkv.new_zeros(3 * c)).expand(b, hp, wp, -1).clone()
-        padded[:, :h, :w] = qkv
-        qkv = padded
-    windows, _ = window_partition(qkv, window)  # [B * windows, window, window, 3C], already whole windows
-    q, k, v = rearrange(windows, "n wh ww (three heads d) -> three n heads (wh ww) d", three=3, heads=attn.num_heads)
-    mask = relative_position_mask(q, attn.rel_pos_h, attn.rel_pos_w, window) if attn.use_rel_pos else None
+    if window > 0:
+        hp, wp = h + (-h) % window, w + (-w) % window
+        if (hp, wp) != (h, w):
+            bias = attn.qkv.bias if attn.qkv.bias is not None else qkv.new_zeros(3 * c)
+            padded = bias.to(qkv.dtype).expand(b, hp, wp, -1).clone()
+            padded[:, :h, :w] = qkv
+            qkv = padded
+        qkv, _ = window_partition(qkv, window)  # [B * windows, window, window, 3C], already whole windows
+        size = (window, window)
+    else:
+        size = (h, w)
+    q, k, v = rearrange(qkv, "n wh ww (three heads d) -> three n heads (wh ww) d", three=3, heads=attn.num_heads)
+    mask = relative_position_mask(q, attn.rel_pos_h, attn.rel_pos_w, size) if attn.use_rel_pos else None
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # scale 1/sqrt(d), as SAM's attn.scale
-    out = rearrange(out, "n heads (wh ww) d -> n wh ww (heads d)", wh=window)
-    x = x + attn.proj(window_unpartition(out, window, (hp, wp), (h, w)))
+    out = rearrange(out, "n heads (wh ww) d -> n wh ww (heads d)", wh=size[0])
+    if window > 0:
+        out = window_unpartition(out, window, (hp, wp), (h, w))
+    x = x + attn.proj(out)
     return x + block.mlp(block.norm2(x))
 
 
@@ -133,10 +142,12 @@ class SAMPriorEncoder(nn.Module):
             global_attn_indexes=self.global_attn_indexes,
         )
         for block in self.image_encoder.blocks:
-            if block.window_size > 0:
-                block.forward = types.MethodType(windowed_block_forward, block)
+            block.forward = types.MethodType(block_forward, block)
         self.requires_grad_(False)
         self.eval()
+        # SAM's patch embedding returns a permuted view of its convolution's NCHW output; contiguous tokens keep the
+        # residual stream in the layout of the blocks' products (mixed-layout adds and norms ran 3x slower on CPU).
+        self.image_encoder.patch_embed.register_forward_hook(lambda module, inputs, tokens: tokens.contiguous())
         self._guidance: List[torch.Tensor] = []
         for i in self.global_attn_indexes:
             self.image_encoder.blocks[i].register_forward_hook(self._keep_guidance)

@@ -111,8 +111,10 @@ class ClassRefinement(GuidedAttentionBlock):
 
     @staticmethod
     def _upsample(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-        """(B, T, C, h, w) -> (B, T, C, H, W), bilinear with aligned corners as CAT-Seg."""
-        up = F.interpolate(x.flatten(0, 1), size=size, mode="bilinear", align_corners=True)
+        """(B, T, C, h, w) -> (B, T, C, H, W), bilinear with aligned corners as CAT-Seg; channels-last (stored
+        B, T, H, W, C), the layout of the refinement's maps, which it is added to."""
+        flat = x.flatten(0, 1).contiguous(memory_format=torch.channels_last)
+        up = F.interpolate(flat, size=size, mode="bilinear", align_corners=True)
         return up.unflatten(0, x.shape[:2])
 
     def _padding(self, t: int) -> Padding:
