@@ -39,7 +39,7 @@ def test_short_quickstart_segments_unseen_names(tmp_path):
     weights = tmp_path / "model_final.pth"
     result = evaluate(weights, tmp_path / "eval")
     assert result["num_unseen"] == len(synthetic.UNSEEN) and result["num_seen"] == len(synthetic.SEEN)
-    # seed 0, 2 threads, 200 iterations: seen 30.9, unseen 24.0 (the full schedule: docs/quickstart.md). This
+    # seed 0, 2 threads, 200 iterations: seen 24.3, unseen 23.6 (the full schedule: docs/quickstart.md). This
     # is about transfer: the seen classes only have to be clearly above chance too.
     assert result["mIoU_seen"] > 2 * CHANCE, result
     assert result["mIoU_unseen"] > 2 * CHANCE, result
@@ -50,5 +50,5 @@ def test_short_quickstart_segments_unseen_names(tmp_path):
     rotated = list(synthetic.CLASSES)
     for slot, source in zip(unseen, unseen[1:] + unseen[:1]):
         rotated[slot] = synthetic.CLASSES[source]
-    swapped = evaluate(weights, tmp_path / "eval_swapped", rotated)  # measured: unseen 0.6
+    swapped = evaluate(weights, tmp_path / "eval_swapped", rotated)  # measured: unseen 0.4
     assert swapped["mIoU_unseen"] < min(CHANCE, result["mIoU_unseen"] / 3), (result, swapped)
