@@ -11,13 +11,11 @@ compare), ``--pad-len K`` (MODEL.DINOV3SEG.CLASS_PAD_LEN; >= T keeps every class
 batch; 5 = 2x2 windows + global), ``--device cpu|cuda``, ``--opts KEY VALUE ...``.
 
 Peak memory is what the measured call adds on top of what was allocated before it: on CUDA
-``torch.cuda.max_memory_allocated``; on the CPU the growth of the process's peak resident set, so every
-(T, chunk) point runs in a fresh subprocess. Weights are random: time and memory do not depend on them.
+``torch.cuda.max_memory_allocated``; on the CPU the peak of malloc's bytes in use (``benchmark.PeakMemory``).
+Every (T, chunk) point runs in a fresh subprocess. Weights are random: time and memory do not depend on them.
 """
 import argparse
 import json
-import os
-import resource
 import subprocess
 import sys
 import time
@@ -27,30 +25,17 @@ import torch
 DEFAULT_CLASSES = (20, 150, 847, 2000)
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
 def measure(fn, device: torch.device):
-    """Run ``fn()`` once; returns (seconds, peak bytes added by the call)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
+    """Run ``fn()`` once; returns (seconds, peak bytes added by the call: ``benchmark.PeakMemory``'s rule)."""
+    from .benchmark import PeakMemory
+
+    with PeakMemory(device) as memory:
         start = time.perf_counter()
         fn()
-        torch.cuda.synchronize(device)
-        return time.perf_counter() - start, torch.cuda.max_memory_allocated(device) - base
-    base = _rss_bytes()
-    start = time.perf_counter()
-    fn()
-    seconds = time.perf_counter() - start
-    return seconds, max(0, _peak_rss_bytes() - base)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
+    return seconds, max(0, memory.above_model)
 
 
 def setup_cfg(args, chunk: int):

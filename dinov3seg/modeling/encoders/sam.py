@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from segment_anything.modeling import ImageEncoderViT
-from segment_anything.modeling.image_encoder import Block, get_rel_pos, window_partition, window_unpartition
+from segment_anything.modeling import image_encoder as sam_image_encoder
+from segment_anything.modeling.image_encoder import Block, window_partition, window_unpartition
 from torch import nn
 
 from .weights import WEIGHT_SPECS, load_strict, load_weight_file
@@ -65,6 +66,8 @@ def relative_position_mask(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: 
     n, heads, length, d = q.shape
     h, w = size
     r_q = q.reshape(n * heads, h, w, d)
+    # segment-anything's get_rel_pos, looked up on its module (as its own blocks do, so it can be patched there)
+    get_rel_pos = sam_image_encoder.get_rel_pos
     rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, get_rel_pos(h, h, rel_pos_h))
     rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, get_rel_pos(w, w, rel_pos_w))
     mask = rel_h.new_empty(n * heads, h, w, h, w)
