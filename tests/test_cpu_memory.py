@@ -47,8 +47,25 @@ def test_freed_buffers_are_reused_instead_of_faulted_in_again():
 def test_not_glibc_is_reported_and_left_alone(monkeypatch):
     monkeypatch.setattr(platform, "system", lambda: "Darwin")
     monkeypatch.setattr(platform, "libc_ver", lambda: ("", ""))
-    applied, reason = cpu_memory._set_malloc_options()
-    assert not applied and "no effect" in reason and "Darwin" in reason
+    cpu_memory._glibc.cache_clear()
+    try:
+        applied, reason = cpu_memory._set_malloc_options()
+        assert not applied and "no effect" in reason and "Darwin" in reason
+        assert cpu_memory.malloc_bytes_in_use() is None
+    finally:
+        cpu_memory._glibc.cache_clear()
+
+
+@pytest.mark.skipif(not GLIBC, reason="mallinfo2 is glibc's")
+def test_malloc_bytes_in_use_follows_allocations():
+    import torch
+
+    before = cpu_memory.malloc_bytes_in_use()
+    buffer = torch.ones(16 << 20)  # 64 MiB
+    during = cpu_memory.malloc_bytes_in_use()
+    del buffer
+    after = cpu_memory.malloc_bytes_in_use()
+    assert during - before >= 64 << 20 and during - after >= 64 << 20, (before, during, after)
 
 
 @pytest.mark.parametrize("setting", [True, False])

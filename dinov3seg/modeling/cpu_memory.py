@@ -9,11 +9,12 @@ off, freed buffers stay in malloc's heap and the next allocation of that size re
 tcmalloc do. The cost: the process keeps the heap of its peak working set until it exits.
 """
 import ctypes
+import functools
 import logging
 import platform
 from typing import Optional, Tuple
 
-__all__ = ["reuse_freed_cpu_memory"]
+__all__ = ["malloc_bytes_in_use", "reuse_freed_cpu_memory"]
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +24,33 @@ _M_MMAP_MAX = -4
 _LARGEST_TRIM_THRESHOLD = 2**31 - 1  # an int: never trim
 
 _outcome: Optional[Tuple[bool, str]] = None
+
+
+@functools.lru_cache(maxsize=None)
+def _glibc() -> Optional[ctypes.CDLL]:
+    """The C library this process runs on, when it is glibc (Linux); else None."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    libc = ctypes.CDLL(None)
+    if hasattr(libc, "mallinfo2"):  # glibc >= 2.33
+        libc.mallinfo2.restype = _MallInfo2
+    return libc
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+def malloc_bytes_in_use() -> Optional[int]:
+    """Bytes glibc's malloc has handed out and not taken back (heap chunks + mmapped ones, ``mallinfo2``), or
+    None without glibc >= 2.33. Unlike the resident set, it falls when buffers are freed into a kept heap."""
+    libc = _glibc()
+    if libc is None or not hasattr(libc, "mallinfo2"):
+        return None
+    info = libc.mallinfo2()
+    return info.uordblks + info.hblkhd
 
 
 def reuse_freed_cpu_memory() -> Tuple[bool, str]:
@@ -38,11 +66,10 @@ def reuse_freed_cpu_memory() -> Tuple[bool, str]:
 
 
 def _set_malloc_options() -> Tuple[bool, str]:
-    libc_name = platform.libc_ver()[0]
-    if platform.system() != "Linux" or libc_name != "glibc":
-        return False, (f"left as it is: the C library is {libc_name or 'not glibc'} on {platform.system()}, "
-                       "where MODEL.REUSE_FREED_CPU_MEMORY has no effect")
-    libc = ctypes.CDLL(None)  # the C library this process runs on
+    libc = _glibc()
+    if libc is None:
+        return False, (f"left as it is: the C library is {platform.libc_ver()[0] or 'not glibc'} on "
+                       f"{platform.system()}, where MODEL.REUSE_FREED_CPU_MEMORY has no effect")
     if libc.mallopt(_M_MMAP_MAX, 0) != 1 or libc.mallopt(_M_TRIM_THRESHOLD, _LARGEST_TRIM_THRESHOLD) != 1:
         return False, "left as it is: glibc's mallopt refused the settings"
     return True, ("freed buffers are kept for reuse (glibc malloc: no mmap, no trimming; "

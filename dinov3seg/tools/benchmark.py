@@ -56,7 +56,6 @@ resident, so the RSS before a run already holds the previous run's peak. Without
 import argparse
 import collections
 import contextlib
-import ctypes
 import json
 import math
 import os
@@ -73,6 +72,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from ..config import get_dinov3seg_cfg
+from ..modeling.cpu_memory import malloc_bytes_in_use
 from .count_params import COMPONENTS, WEIGHT_KEYS, build_on_meta, count_params, format_params
 
 PAPER = {
@@ -231,22 +231,6 @@ class ComponentProbe:
         self._patched = []
 
 
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in
-                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
-                 "keepcost")]
-
-
-def _glibc_mallinfo2() -> Optional[Callable[[], _MallInfo2]]:
-    """glibc's ``mallinfo2`` (glibc >= 2.33), or None."""
-    try:
-        mallinfo2 = ctypes.CDLL(None).mallinfo2
-    except (AttributeError, OSError):
-        return None
-    mallinfo2.restype = _MallInfo2
-    return mallinfo2
-
-
 class PeakMemory:
     """Peak memory of a block of work: CUDA max allocated, or on CPU the peak of malloc's bytes in use above
     their count at the start (the RSS where glibc's ``mallinfo2`` is missing)."""
@@ -254,7 +238,7 @@ class PeakMemory:
     RULE_CPU = ("peak of malloc's bytes in use above their count before the run (glibc mallinfo2, sampled every "
                 "1 ms; weights excluded)")
     RULE_CPU_RSS = "peak RSS above the RSS before the run (sampled every 1 ms; weights excluded)"
-    _mallinfo2 = _glibc_mallinfo2()
+    _malloc_counted = malloc_bytes_in_use() is not None
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -264,14 +248,14 @@ class PeakMemory:
     def rule(cls, device: torch.device) -> str:
         if device.type == "cuda":
             return "torch.cuda.max_memory_allocated (weights included)"
-        return cls.RULE_CPU if cls._mallinfo2 else cls.RULE_CPU_RSS
+        return cls.RULE_CPU if cls._malloc_counted else cls.RULE_CPU_RSS
 
     @classmethod
     def _in_use(cls) -> int:
         """Bytes in use: malloc's (handed out, not freed: small chunks + mmapped ones), else the RSS."""
-        if cls._mallinfo2:
-            info = cls._mallinfo2()
-            return info.uordblks + info.hblkhd
+        in_use = malloc_bytes_in_use()
+        if in_use is not None:
+            return in_use
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
@@ -601,10 +585,10 @@ class GroupNormKeepsLayout(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        x = args[0] if args else None
-        if (func is torch.ops.aten.native_group_norm.default and x.dim() == 4 and not x.is_contiguous()
-                and x.is_contiguous(memory_format=torch.channels_last)):
-            out = (out[0].contiguous(memory_format=torch.channels_last), *out[1:])
+        if func is torch.ops.aten.native_group_norm.default:
+            x = args[0]
+            if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+                out = (out[0].contiguous(memory_format=torch.channels_last), *out[1:])
         return out
 
 

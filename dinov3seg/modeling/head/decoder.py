@@ -61,9 +61,8 @@ class UpsamplingDecoder(nn.Module):
         """guidance[i]: (B, G_i, H_i, W_i) or None, shared by all classes."""
         b, t = x.shape[:2]
         # Channels-last: the (transposed) convolutions run 1.4-3x faster on CPU (oneDNN); tensor cores prefer it too.
-        # The guidance too, so that adding its convolution to every class's adds maps of one layout (4x faster).
+        # Guidance in the same layout (DINOv3SegHead prepares it once per image) adds to every class's maps 4x faster.
         x = x.flatten(0, 1).contiguous(memory_format=torch.channels_last)
-        guidance = [g if g is None else g.contiguous(memory_format=torch.channels_last) for g in guidance]
         for stage, g in zip(self.stages, guidance):
             x = stage(x, g)
         return self.head(x).view(b, t, *x.shape[-2:])

@@ -166,7 +166,9 @@ class DINOv3SegHead(nn.Module):
         if self.guidance_projection is not None:
             guidance = self.guidance_projection(guidance)
         if self.decoder_guidance_projections is not None:
-            decoder_guidance = [p(g) for p, g in zip(self.decoder_guidance_projections, decoder_guidance)]
+            # channels-last like the decoder's class maps, once per image (not once per class chunk)
+            decoder_guidance = [p(g).contiguous(memory_format=torch.channels_last)
+                                for p, g in zip(self.decoder_guidance_projections, decoder_guidance)]
         else:
             decoder_guidance = [None] * len(self.decoder.stages)
         for spatial, classes in zip(self.spatial, self.classes):
