@@ -34,7 +34,7 @@ class GuidedSwinBlock(GuidedAttentionBlock):
     def forward(self, x: torch.Tensor, guidance: Optional[torch.Tensor]) -> torch.Tensor:
         """x: (N, H, W, C) cost tokens, N = B * T (classes of one view consecutive); guidance: (B, H, W, G),
         normed, shared by the T classes of each view, or None. Returns (N, H, W, C)."""
-        n, h, w, c = x.shape
+        h, w = x.shape[1:3]
         # As Swin (and CAT-Seg): a map no larger than the window is one unshifted window.
         window = min(self.window, h, w)
         shift = self.shift if min(h, w) > self.window else 0
@@ -50,16 +50,18 @@ class GuidedSwinBlock(GuidedAttentionBlock):
         if guidance is not None:
             guidance = to_grid(guidance)
         q, k = self.queries_and_keys(tokens, guidance)
-        to_windows = "n (nh wh) (nw ww) (heads d) -> (n nh nw) heads (wh ww) d"
+        # The windows of a map join its heads in attention's head axis, so the shift mask, which depends on the
+        # window only, broadcasts over the maps: (1, windows * heads, L, L), not one copy per map.
+        to_windows = "n (nh wh) (nw ww) (heads d) -> n (nh nw heads) (wh ww) d"
         sizes = dict(wh=window, ww=window, heads=self.num_heads)
         q, k, v = (rearrange(y, to_windows, **sizes) for y in (q, k, self.v(tokens)))
         mask = None
         if shift:
             mask = shifted_window_mask(hp, wp, window, shift, x.device)
-            mask = mask.repeat(n, 1, 1)[:, None]  # (n * windows, 1, L, L)
+            mask = mask.repeat_interleave(self.num_heads, dim=0)[None]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        out = rearrange(out, "(n nh nw) heads (wh ww) d -> n (nh wh) (nw ww) (heads d)",
-                        n=n, nh=hp // window, wh=window, ww=window)
+        out = rearrange(out, "n (nh nw heads) (wh ww) d -> n (nh wh) (nw ww) (heads d)",
+                        nh=hp // window, wh=window, ww=window, heads=self.num_heads)
         if shift:
             out = out.roll((shift, shift), dims=(1, 2))
         x = x + self.proj(out[:, :h, :w])
