@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..fused_linear import linear
 from ..precision import fp32_region, norm_in_input_dtype
 from .weights import WEIGHT_SPECS, load_strict, load_weight_file
 
@@ -32,8 +33,11 @@ class PointwiseConv(nn.Conv2d):
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__(in_channels, out_channels, 1, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1)).permute(0, 3, 1, 2)
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x [B,C,H,W] -> [B,O,H,W]; plus ``residual`` [B,O,H,W] if given, added inside the product on CPU
+        inference (:func:`~..fused_linear.linear`)."""
+        nhwc = lambda y: None if y is None else y.permute(0, 2, 3, 1)  # noqa: E731
+        return linear(nhwc(x), self.weight.flatten(1), residual=nhwc(residual)).permute(0, 3, 1, 2)
 
 
 def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
@@ -69,8 +73,7 @@ class ResBlock(nn.Module):
         return F.silu(norm_in_input_dtype(norm2, h), inplace=inplace)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.block[5](self._residual(x))
-        return h.add_(x) if _no_autograd(x) else x + h
+        return self.block[5](self._residual(x), residual=x)
 
     def forward_pooled(self, x: torch.Tensor, size: Size) -> torch.Tensor:
         """``adaptive_avg_pool2d(self(x), size)`` with the last 1x1 conv and the skip applied after pooling.
@@ -79,7 +82,7 @@ class ResBlock(nn.Module):
         function, one full-resolution matmul and one full-resolution add fewer (fp32 rounding aside).
         """
         h = F.adaptive_avg_pool2d(self._residual(x), size)
-        return self.block[5](h).add_(F.adaptive_avg_pool2d(x, size))
+        return self.block[5](h, residual=F.adaptive_avg_pool2d(x, size))
 
 
 class LearnedFeatureUnification(nn.Module):

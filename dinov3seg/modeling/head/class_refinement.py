@@ -136,7 +136,6 @@ class ClassRefinement(GuidedAttentionBlock):
         normed = norm_in_input_dtype(self.norm1, x)
         split = lambda y: rearrange(y, "n t (heads d) -> n heads t d", heads=self.num_heads)  # noqa: E731
         q, k = self.queries_and_keys(normed, guidance)
-        out = self.attention(split(q), split(k), split(self.v(normed)), padding)
+        out = self.attention(split(q), split(k), split(self.values(normed)), padding)
         x = x + rearrange(out, "n heads t d -> n t (heads d)")
-        x = x + self.mlp(norm_in_input_dtype(self.norm2, x))
-        return x.view_as(tokens)
+        return self.feed_forward(x).view_as(tokens)

@@ -6,6 +6,9 @@ import torch.nn.functional as F
 from timm.layers import Mlp
 from torch import nn
 
+from ..fused_linear import linear, mlp_add
+from ..precision import norm_in_input_dtype
+
 
 def guided_linear(layer: nn.Linear, tokens: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
     """``layer(cat([tokens, guidance], -1))`` with guidance shared by groups of tokens.
@@ -45,3 +48,11 @@ class GuidedAttentionBlock(nn.Module):
         if guidance is None:
             return self.q(tokens), self.k(tokens)
         return guided_linear(self.q, tokens, guidance), guided_linear(self.k, tokens, guidance)
+
+    def values(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Normed tokens (..., C) -> v (..., C)."""
+        return linear(tokens, self.v.weight, self.v.bias)
+
+    def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The MLP sub-block with its residual: x + mlp(norm2(x)), x: (..., C)."""
+        return mlp_add(self.mlp, norm_in_input_dtype(self.norm2, x), x)

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from ..fused_linear import linear
 from ..precision import norm_in_input_dtype
 from .common import GuidedAttentionBlock
 
@@ -54,7 +55,7 @@ class GuidedSwinBlock(GuidedAttentionBlock):
         # window only, broadcasts over the maps: (1, windows * heads, L, L), not one copy per map.
         to_windows = "n (nh wh) (nw ww) (heads d) -> n (nh nw heads) (wh ww) d"
         sizes = dict(wh=window, ww=window, heads=self.num_heads)
-        q, k, v = (rearrange(y, to_windows, **sizes) for y in (q, k, self.v(tokens)))
+        q, k, v = (rearrange(y, to_windows, **sizes) for y in (q, k, self.values(tokens)))
         mask = None
         if shift:
             mask = shifted_window_mask(hp, wp, window, shift, x.device)
@@ -64,8 +65,8 @@ class GuidedSwinBlock(GuidedAttentionBlock):
                         nh=hp // window, wh=window, ww=window, heads=self.num_heads)
         if shift:
             out = out.roll((shift, shift), dims=(1, 2))
-        x = x + self.proj(out[:, :h, :w])
-        return x + self.mlp(norm_in_input_dtype(self.norm2, x))
+        x = linear(out[:, :h, :w], self.proj.weight, self.proj.bias, residual=x)
+        return self.feed_forward(x)
 
 
 class SpatialRefinement(nn.Module):
