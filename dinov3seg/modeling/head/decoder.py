@@ -16,10 +16,13 @@ def run_layers(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
 
 
 def double_conv(in_channels: int, out_channels: int) -> nn.Sequential:
+    """(3x3 conv, GroupNorm, ReLU) x 2. The ReLUs and the guidance sum (UpsamplingStage) write new maps: on CPU,
+    ATen's in-place bf16 ReLU and sum over these 50-100 MB maps ran 2.2x slower than out of place (fp32: about
+    even over the decoder), docs/benchmarks.md, fourth round."""
     layers = []
     for c_in in (in_channels, out_channels):
         layers += [nn.Conv2d(c_in, out_channels, 3, padding=1, bias=False),
-                   nn.GroupNorm(max(out_channels // 16, 1), out_channels), nn.ReLU(inplace=True)]
+                   nn.GroupNorm(max(out_channels // 16, 1), out_channels), nn.ReLU()]
     return nn.Sequential(*layers)
 
 
@@ -42,7 +45,7 @@ class UpsamplingStage(nn.Module):
         first, c = self.conv[0], x.shape[1]
         conv = lambda y, w: F.conv2d(y, w, None, first.stride, first.padding)  # noqa: E731
         y = conv(x, first.weight[:, :c]).unflatten(0, (guidance.shape[0], -1))
-        y += conv(guidance, first.weight[:, c:])[:, None]
+        y = y + conv(guidance, first.weight[:, c:])[:, None]
         return run_layers(self.conv[1:], y.flatten(0, 1))
 
 
