@@ -2,7 +2,6 @@
 signalled mid-run saves its iteration, is requeued with --resume and finishes with nothing lost."""
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 

@@ -16,7 +16,6 @@ every process, including each process ``launch`` starts, so
 
 works as it does for the built-in datasets.
 """
-import json
 import logging
 import os
 import runpy
