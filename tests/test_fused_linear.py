@@ -51,6 +51,8 @@ CASES = [dict(), dict(activation=nn.ReLU()), dict(activation=nn.GELU()), dict(ac
 @pytest.mark.parametrize("case", CASES, ids=["bias", "relu", "gelu", "gelu_tanh", "residual"])
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16_autocast"])
 def test_fused_linear_computes_the_plain_ops(case, bf16, fused_calls):
+    if (torch.bfloat16 if bf16 else torch.float32) not in fused_linear._FUSED_DTYPES:
+        pytest.skip("oneDNN's fused linear does not take this dtype on this machine (probed at import)")
     torch.manual_seed(0)
     layer = nn.Linear(16, 24)
     x = torch.randn(3, 5, 7, 16)

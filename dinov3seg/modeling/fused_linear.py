@@ -22,13 +22,23 @@ ONEDNN_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def _fused_linear_op():
+    """oneDNN's fused linear and the dtypes it runs here (probed once on a tiny product: builds for other CPUs
+    may lack a dtype), or (None, ())."""
     ops = getattr(torch.ops, "mkldnn", None)
     if not torch.backends.mkldnn.is_available() or ops is None or not hasattr(ops, "_linear_pointwise"):
-        return None
-    return ops._linear_pointwise
+        return None, ()
+    op, working = ops._linear_pointwise, []
+    for dtype in ONEDNN_DTYPES:
+        try:
+            ones = lambda *shape: torch.ones(*shape, dtype=dtype, device="cpu")  # noqa: E731
+            op(ones(2, 4), ones(3, 4), ones(3), "relu", [], "")
+            working.append(dtype)
+        except (RuntimeError, NotImplementedError):
+            pass  # this dtype runs the plain ops
+    return (op, tuple(working)) if working else (None, ())
 
 
-_LINEAR_POINTWISE = _fused_linear_op()
+_LINEAR_POINTWISE, _FUSED_DTYPES = _fused_linear_op()
 
 
 def _post_op(activation: Optional[nn.Module]):
@@ -60,7 +70,7 @@ def _fused_dtype(*tensors: Optional[torch.Tensor]) -> Optional[torch.dtype]:
     if _get_current_dispatch_mode() is not None or torch.jit.is_tracing() or torch.compiler.is_compiling():
         return None
     dtype = _compute_dtype(x, weight)
-    if dtype not in ONEDNN_DTYPES or residual is not None and residual.dtype != dtype:
+    if dtype not in _FUSED_DTYPES or residual is not None and residual.dtype != dtype:
         return None
     return dtype
 
