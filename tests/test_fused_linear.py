@@ -1,4 +1,6 @@
 """oneDNN-fused linear epilogues (modeling/fused_linear.py): the plain ops' function, used only where it may be."""
+import platform
+
 import pytest
 import torch
 from timm.layers import Mlp
@@ -13,6 +15,15 @@ from dinov3seg.modeling.head.spatial_refinement import GuidedSwinBlock
 
 needs_onednn = pytest.mark.skipif(fused_linear._LINEAR_POINTWISE is None,
                                   reason="this torch build has no oneDNN linear (torch.ops.mkldnn._linear_pointwise)")
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available(),
+                    reason="oneDNN's fused linear is expected on x86-64 builds of torch with oneDNN only")
+def test_fused_linear_is_found_on_x86_builds_with_onednn():
+    """A torch upgrade that renamed or changed the private op would silently fall back to the plain ops (slower,
+    same numbers): this fails instead."""
+    assert fused_linear._LINEAR_POINTWISE is not None
+    assert torch.float32 in fused_linear._FUSED_DTYPES  # (bf16 needs a CPU with AVX-512 at least)
 
 
 class CountingOp:
