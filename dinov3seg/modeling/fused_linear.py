@@ -59,10 +59,10 @@ def _compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> Optional[torch.dtyp
     return x.dtype if weight.dtype == x.dtype else None  # (the plain op raises)
 
 
-def _fused_dtype(*tensors: Optional[torch.Tensor]) -> Optional[torch.dtype]:
-    """The dtype to run the fused op in (tensors: x, weight, bias, residual), or None where the plain ops must run."""
-    x, weight, bias, residual = tensors
-    present = [t for t in tensors if t is not None]
+def _fused_dtype(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                 residual: Optional[torch.Tensor]) -> Optional[torch.dtype]:
+    """The dtype to run the fused op in, or None where the plain ops must run."""
+    present = [t for t in (x, weight, bias, residual) if t is not None]
     if _LINEAR_POINTWISE is None or any(t.device.type != "cpu" for t in present):
         return None
     if torch.is_grad_enabled() and any(t.requires_grad for t in present):
@@ -81,10 +81,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     ``residual`` optional. oneDNN fuses the bias and one of the two (an ``nn.ReLU`` or ``nn.GELU``, or a residual
     of the output's shape); a product with nothing to fuse runs plain."""
     post = _post_op(activation)
-    dtype = _fused_dtype(x, weight, bias, residual)
-    fusable = dtype is not None and post is not None and (bias, activation, residual) != (None, None, None) and (
+    fusable = post is not None and (bias, activation, residual) != (None, None, None) and (
         residual is None or activation is None and residual.shape == x.shape[:-1] + weight.shape[:1])
-    if not fusable:
+    dtype = _fused_dtype(x, weight, bias, residual) if fusable else None
+    if dtype is None:
         y = F.linear(x, weight, bias)
         y = y if activation is None else activation(y)
         return y if residual is None else residual + y
